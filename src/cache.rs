@@ -1,0 +1,323 @@
+//! The bounded in-memory store of complete chunks.
+//!
+//! Only a slot that finished cleanly hands its body here (see `relay`), so the
+//! store never holds a partial object. Entries are kept in LRU order and
+//! weighed in bytes, counting the body, the headers and a fixed per-entry
+//! overhead, so `--cache-size` bounds real memory rather than a count. A body
+//! is the `Vec<Bytes>` the slot collected: serving a hit or a range clones
+//! reference-counted handles, never chunk bytes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use lru::LruCache;
+use parking_lot::Mutex;
+
+use crate::key::ChunkKey;
+
+/// Bookkeeping bytes charged to every entry on top of its body and headers
+/// (LRU node, key strings, Arc and Vec headers).
+pub const ENTRY_OVERHEAD: usize = 256;
+
+/// A complete, cacheable response.
+#[derive(Debug)]
+pub struct Entry {
+    /// Upstream status (200, or 404 for negative caching).
+    pub status: StatusCode,
+    /// End-to-end headers as received (hop-by-hop removed).
+    pub headers: HeaderMap,
+    /// The body, in the pieces it arrived in.
+    pub body: Vec<Bytes>,
+    /// Total body length.
+    pub len: u64,
+    /// When the relay stored it.
+    pub stored: Instant,
+    /// `Age` the upstream reported when it was received.
+    pub initial_age: Duration,
+    /// How long it stays fresh after `stored`.
+    pub ttl: Duration,
+}
+
+impl Entry {
+    /// The `Age` to report now (RFC 9111 §4.2.3, simplified: no clock skew
+    /// correction, because both hops share the relay's monotonic clock).
+    pub fn age(&self) -> Duration {
+        self.initial_age + self.stored.elapsed()
+    }
+
+    fn fresh(&self) -> bool {
+        self.stored.elapsed() < self.ttl
+    }
+
+    fn weight(key: &ChunkKey, headers: &HeaderMap, len: u64) -> usize {
+        let hdrs: usize = headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 32)
+            .sum();
+        len as usize + hdrs + key.authority.len() + key.path.len() + ENTRY_OVERHEAD
+    }
+
+    /// The pieces of the body that cover `start..=end` (inclusive, as in a
+    /// `Range` header), sliced without copying.
+    pub fn range(&self, start: u64, end: u64) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        let mut pos = 0u64;
+        for b in &self.body {
+            let (s, e) = (pos, pos + b.len() as u64);
+            pos = e;
+            if e <= start || s > end {
+                continue;
+            }
+            let from = start.saturating_sub(s) as usize;
+            let to = ((end + 1).min(e) - s) as usize;
+            out.push(b.slice(from..to));
+        }
+        out
+    }
+}
+
+/// What `Cache-Control` (and the status) allow the relay to do with a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Whether the response may be stored at all.
+    pub store: bool,
+    /// Freshness lifetime.
+    pub ttl: Duration,
+}
+
+impl Policy {
+    /// Derives the policy for a response. `default_ttl` applies to a 200 that
+    /// states no lifetime; `negative_ttl` to a 404 that states none. Other
+    /// statuses are never stored.
+    pub fn from_response(
+        status: StatusCode,
+        headers: &HeaderMap,
+        default_ttl: Duration,
+        negative_ttl: Duration,
+    ) -> Policy {
+        let none = Policy {
+            store: false,
+            ttl: Duration::ZERO,
+        };
+        let fallback = match status {
+            StatusCode::OK => default_ttl,
+            StatusCode::NOT_FOUND => negative_ttl,
+            _ => return none,
+        };
+        let mut max_age = None;
+        let mut s_maxage = None;
+        for value in headers.get_all(http::header::CACHE_CONTROL) {
+            let Ok(value) = value.to_str() else { continue };
+            for directive in value.split(',') {
+                let directive = directive.trim();
+                let (name, arg) = match directive.split_once('=') {
+                    Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
+                    None => (directive, None),
+                };
+                match name.to_ascii_lowercase().as_str() {
+                    "no-store" | "private" | "no-cache" => return none,
+                    "max-age" => max_age = arg.and_then(|a| a.parse::<u64>().ok()),
+                    "s-maxage" => s_maxage = arg.and_then(|a| a.parse::<u64>().ok()),
+                    _ => {}
+                }
+            }
+        }
+        let ttl = s_maxage
+            .or(max_age)
+            .map(Duration::from_secs)
+            .unwrap_or(fallback);
+        Policy {
+            store: !ttl.is_zero(),
+            ttl,
+        }
+    }
+}
+
+/// Counters the cache reports to `metrics` (read by the caller after each call).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes currently charged.
+    pub bytes: usize,
+    /// Entries currently held.
+    pub entries: usize,
+}
+
+struct Inner {
+    lru: LruCache<ChunkKey, (Arc<Entry>, usize)>,
+    bytes: usize,
+}
+
+/// A byte-bounded LRU store.
+pub struct Cache {
+    inner: Mutex<Inner>,
+    capacity: usize,
+    max_object: usize,
+}
+
+impl Cache {
+    /// A store of at most `capacity` bytes that refuses objects over
+    /// `max_object` bytes.
+    pub fn new(capacity: usize, max_object: usize) -> Cache {
+        Cache {
+            inner: Mutex::new(Inner {
+                lru: LruCache::unbounded(),
+                bytes: 0,
+            }),
+            capacity,
+            max_object: max_object.min(capacity),
+        }
+    }
+
+    /// A fresh entry for `key`, promoted to most recently used. A stale one is
+    /// dropped, so the caller refetches.
+    pub fn get(&self, key: &ChunkKey) -> Option<Arc<Entry>> {
+        let mut inner = self.inner.lock();
+        let (entry, weight) = inner.lru.get(key).map(|(e, w)| (e.clone(), *w))?;
+        if entry.fresh() {
+            return Some(entry);
+        }
+        inner.lru.pop(key);
+        inner.bytes -= weight;
+        None
+    }
+
+    /// Stores a complete entry, evicting least recently used entries until it
+    /// fits. Returns how many entries were evicted, or `None` when the entry
+    /// is too large to store.
+    pub fn insert(&self, key: ChunkKey, entry: Entry) -> Option<usize> {
+        let weight = Entry::weight(&key, &entry.headers, entry.len);
+        if weight > self.max_object {
+            return None;
+        }
+        let mut inner = self.inner.lock();
+        if let Some((_, old)) = inner.lru.pop(&key) {
+            inner.bytes -= old;
+        }
+        let mut evicted = 0;
+        while inner.bytes + weight > self.capacity {
+            match inner.lru.pop_lru() {
+                Some((_, (_, w))) => {
+                    inner.bytes -= w;
+                    evicted += 1;
+                }
+                None => break,
+            }
+        }
+        inner.bytes += weight;
+        inner.lru.put(key, (Arc::new(entry), weight));
+        Some(evicted)
+    }
+
+    /// Current usage.
+    pub fn usage(&self) -> Usage {
+        let inner = self.inner.lock();
+        Usage {
+            bytes: inner.bytes,
+            entries: inner.lru.len(),
+        }
+    }
+
+    /// The configured capacity in bytes.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(p: &str) -> ChunkKey {
+        ChunkKey {
+            authority: "o:80".into(),
+            path: p.into(),
+        }
+    }
+
+    fn entry(len: usize, ttl: u64) -> Entry {
+        Entry {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: vec![Bytes::from(vec![7u8; len])],
+            len: len as u64,
+            stored: Instant::now(),
+            initial_age: Duration::ZERO,
+            ttl: Duration::from_secs(ttl),
+        }
+    }
+
+    #[test]
+    fn bounded_by_bytes_with_overhead_and_lru_order() {
+        let per = 1000 + ENTRY_OVERHEAD + "o:80".len() + 2;
+        let cache = Cache::new(per * 3, per * 3);
+        for p in ["/a", "/b", "/c"] {
+            assert_eq!(cache.insert(key(p), entry(1000, 60)), Some(0));
+        }
+        assert_eq!(cache.usage().bytes, per * 3);
+        assert!(cache.get(&key("/a")).is_some()); // /b is now least recent
+        assert_eq!(cache.insert(key("/d"), entry(1000, 60)), Some(1));
+        assert!(cache.get(&key("/b")).is_none());
+        assert!(cache.get(&key("/a")).is_some());
+        assert!(cache.usage().bytes <= cache.capacity());
+        assert_eq!(cache.insert(key("/big"), entry(per * 4, 60)), None);
+    }
+
+    #[test]
+    fn stale_entries_are_dropped() {
+        let cache = Cache::new(1 << 20, 1 << 20);
+        cache.insert(key("/x"), entry(10, 0));
+        assert!(cache.get(&key("/x")).is_none());
+        assert_eq!(cache.usage(), Usage::default());
+    }
+
+    #[test]
+    fn ranges_slice_across_pieces() {
+        let mut e = entry(0, 60);
+        e.body = vec![Bytes::from_static(b"abcd"), Bytes::from_static(b"efgh")];
+        e.len = 8;
+        let cat = |v: Vec<Bytes>| v.concat();
+        assert_eq!(cat(e.range(0, 7)), b"abcdefgh");
+        assert_eq!(cat(e.range(2, 5)), b"cdef");
+        assert_eq!(cat(e.range(4, 4)), b"e");
+        assert_eq!(cat(e.range(7, 7)), b"h");
+    }
+
+    #[test]
+    fn policy_honours_cache_control() {
+        let d = Duration::from_secs(60);
+        let n = Duration::from_secs(1);
+        let pol = |status: u16, cc: &str| {
+            let mut h = HeaderMap::new();
+            if !cc.is_empty() {
+                h.insert("cache-control", cc.parse().unwrap());
+            }
+            Policy::from_response(StatusCode::from_u16(status).unwrap(), &h, d, n)
+        };
+        assert_eq!(
+            pol(200, ""),
+            Policy {
+                store: true,
+                ttl: d
+            }
+        );
+        assert_eq!(pol(200, "public, max-age=5").ttl, Duration::from_secs(5));
+        assert_eq!(
+            pol(200, "max-age=5, s-maxage=9").ttl,
+            Duration::from_secs(9)
+        );
+        assert!(!pol(200, "no-store").store);
+        assert!(!pol(200, "private, max-age=100").store);
+        assert!(!pol(200, "max-age=0").store);
+        assert_eq!(
+            pol(404, ""),
+            Policy {
+                store: true,
+                ttl: n
+            }
+        );
+        assert_eq!(pol(404, "max-age=2").ttl, Duration::from_secs(2));
+        assert!(!pol(500, "max-age=100").store);
+    }
+}

@@ -1,0 +1,94 @@
+//! mlcache: a multi-level streaming cache for encrypted live and VOD chunks.
+//!
+//! A viewer's request enters through [`server`], is named by [`key`], and is
+//! answered by [`relay`]: from [`cache`] if the chunk is complete and fresh,
+//! otherwise by joining the one in-flight [`slot`] for it, which a single
+//! fetch from [`upstream`] (a parent relay or the origin) fills. [`config`]
+//! holds every limit and timeout; [`metrics`] counts what happens.
+
+pub mod cache;
+pub mod config;
+pub mod key;
+pub mod metrics;
+pub mod relay;
+pub mod server;
+pub mod slot;
+pub mod upstream;
+
+pub use config::{Cli, Config};
+pub use relay::Relay;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// A relay bound to its sockets and serving in the background.
+pub struct Running {
+    /// The relay itself (metrics, cache, id).
+    pub relay: Arc<Relay>,
+    /// Where viewers connect.
+    pub addr: SocketAddr,
+    /// Where `/metrics` and `/healthz` are served, if enabled.
+    pub admin: Option<SocketAddr>,
+    /// Cancel to start a graceful shutdown.
+    pub shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Waits until the relay has drained after `shutdown` was cancelled.
+    pub async fn join(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Binds the listeners of `config` and starts serving.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let relay = Relay::new(config)?;
+    let bind = |addr: SocketAddr| async move {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let bound = l
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr, source })?;
+        Ok::<_, StartError>((l, bound))
+    };
+    let (listener, addr) = bind(relay.config.listen).await?;
+    let shutdown = CancellationToken::new();
+    let admin = match relay.config.admin {
+        Some(a) => {
+            let (l, bound) = bind(a).await?;
+            tokio::spawn(server::serve_admin(relay.clone(), l, shutdown.clone()));
+            Some(bound)
+        }
+        None => None,
+    };
+    tracing::info!(%addr, ?admin, id = %relay.id, origins = ?relay.config.allow_origin, upstreams = ?relay.config.upstream, "relay listening");
+    let task = tokio::spawn(server::serve(relay.clone(), listener, shutdown.clone()));
+    Ok(Running {
+        relay,
+        addr,
+        admin,
+        shutdown,
+        task,
+    })
+}
+
+/// Why a relay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad origins or upstreams.
+    #[error(transparent)]
+    Setup(#[from] relay::SetupError),
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}

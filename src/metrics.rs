@@ -1,0 +1,219 @@
+//! Counters, gauges and histograms of one relay, rendered as Prometheus text
+//! on the admin port's `/metrics`.
+//!
+//! Every other module gets an `Arc<Metrics>` and bumps fields directly; the
+//! handles are atomics, so the hot path takes no lock here. Label values are
+//! `&'static str` so a label set never allocates.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+type Labels = [(&'static str, &'static str); 1];
+
+/// How a downstream request was answered (the `result` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Served from the cache.
+    Hit,
+    /// Opened a slot and an upstream fetch.
+    Miss,
+    /// Joined a slot another request opened.
+    Coalesced,
+    /// Answered "not yet".
+    NotYet,
+    /// Answered with an error status.
+    Error,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Miss => "miss",
+            Outcome::Coalesced => "coalesced",
+            Outcome::NotYet => "not_yet",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// All metrics of a relay.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<Labels, Counter>,
+    /// Upstream fetches by target (`parent` or `origin`) and result.
+    upstream: Family<[(&'static str, &'static str); 2], Counter>,
+    /// Requests refused by a limit, by reason.
+    rejected: Family<Labels, Counter>,
+    /// Body bytes received from upstreams.
+    pub bytes_in: Counter,
+    /// Body bytes handed to viewers.
+    pub bytes_out: Counter,
+    /// Slots currently open.
+    pub open_slots: Gauge,
+    /// Viewers currently attached to a slot.
+    pub parked_viewers: Gauge,
+    /// Open downstream connections.
+    pub connections: Gauge,
+    /// Bytes charged to the cache.
+    pub cache_bytes: Gauge,
+    /// Entries in the cache.
+    pub cache_entries: Gauge,
+    /// Entries evicted to make room.
+    pub cache_evictions: Counter,
+    /// Seconds from a chunk's first upstream byte to that byte reaching each
+    /// viewer that was already waiting for it.
+    pub delivery: Histogram,
+}
+
+impl Metrics {
+    /// A fresh, registered set.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("mlcache");
+        let requests = Family::<Labels, Counter>::default();
+        let upstream = Family::<[(&'static str, &'static str); 2], Counter>::default();
+        let rejected = Family::<Labels, Counter>::default();
+        let m = Metrics {
+            requests,
+            upstream,
+            rejected,
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
+            open_slots: Gauge::default(),
+            parked_viewers: Gauge::default(),
+            connections: Gauge::default(),
+            cache_bytes: Gauge::default(),
+            cache_entries: Gauge::default(),
+            cache_evictions: Counter::default(),
+            delivery: Histogram::new(exponential_buckets(0.000_01, 2.0, 22)),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "requests",
+            "Downstream requests by result",
+            m.requests.clone(),
+        );
+        registry.register(
+            "upstream_fetches",
+            "Upstream requests by target and result",
+            m.upstream.clone(),
+        );
+        registry.register(
+            "rejected",
+            "Requests refused by a limit, by reason",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "bytes_in",
+            "Body bytes received from upstream",
+            m.bytes_in.clone(),
+        );
+        registry.register(
+            "bytes_out",
+            "Body bytes sent to viewers",
+            m.bytes_out.clone(),
+        );
+        registry.register(
+            "open_slots",
+            "In-flight upstream fetches",
+            m.open_slots.clone(),
+        );
+        registry.register(
+            "parked_viewers",
+            "Viewers attached to an in-flight slot",
+            m.parked_viewers.clone(),
+        );
+        registry.register(
+            "connections",
+            "Open downstream connections",
+            m.connections.clone(),
+        );
+        registry.register(
+            "cache_bytes",
+            "Bytes charged to the cache",
+            m.cache_bytes.clone(),
+        );
+        registry.register(
+            "cache_entries",
+            "Objects in the cache",
+            m.cache_entries.clone(),
+        );
+        registry.register(
+            "cache_evictions",
+            "Objects evicted from the cache",
+            m.cache_evictions.clone(),
+        );
+        registry.register(
+            "delivery_seconds",
+            "Time from a chunk's first upstream byte to its delivery to each waiting viewer",
+            m.delivery.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Counts one downstream request.
+    pub fn request(&self, outcome: Outcome) {
+        self.requests
+            .get_or_create(&[("result", outcome.label())])
+            .inc();
+    }
+
+    /// Counts one upstream fetch.
+    pub fn upstream(&self, target: &'static str, result: &'static str) {
+        self.upstream
+            .get_or_create(&[("target", target), ("result", result)])
+            .inc();
+    }
+
+    /// Counts one request refused by a limit.
+    pub fn rejected(&self, reason: &'static str) {
+        self.rejected.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    /// Reads one request counter (for tests and the admin page).
+    pub fn requests_of(&self, outcome: Outcome) -> u64 {
+        self.requests
+            .get_or_create(&[("result", outcome.label())])
+            .get()
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::new();
+        m.request(Outcome::Coalesced);
+        m.upstream("origin", "ok");
+        m.delivery.observe(0.0002);
+        let text = m.render();
+        assert!(
+            text.contains("mlcache_requests_total{result=\"coalesced\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("mlcache_upstream_fetches_total{target=\"origin\",result=\"ok\"} 1"));
+        assert!(text.contains("mlcache_delivery_seconds_count 1"));
+        assert!(text.ends_with("# EOF\n"));
+        assert_eq!(m.requests_of(Outcome::Coalesced), 1);
+    }
+}
