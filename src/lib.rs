@@ -10,6 +10,7 @@ pub mod cache;
 pub mod config;
 pub mod key;
 pub mod metrics;
+pub mod origin;
 pub mod relay;
 pub mod server;
 pub mod slot;

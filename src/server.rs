@@ -15,10 +15,10 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::stream;
+use futures_util::{stream, StreamExt};
 use http::header::{HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body::Frame;
@@ -40,7 +40,7 @@ use crate::cache::Entry;
 use crate::key::{KeyError, RawKey};
 use crate::metrics::Outcome;
 use crate::relay::{not_yet_head, Lookup, ParkedGuard, Relay};
-use crate::slot::{Head, HeadWait, SlotError, Viewer};
+use crate::slot::{Head, HeadWait, Slot, SlotError, Viewer};
 
 /// The response body type of every relay response.
 pub type Body = UnsyncBoxBody<Bytes, SlotError>;
@@ -215,6 +215,7 @@ async fn respond(
                 return Err(RequestError::SlotFull);
             }
             let parked = relay.park().ok_or(RequestError::Overloaded)?;
+            let joined = Instant::now();
             let mut viewer = slot.subscribe();
             tracing::debug!(viewers = slot.viewers(), opened, "parked on slot");
             let head = match tokio::time::timeout(relay.config.max_wait, viewer.head()).await {
@@ -231,7 +232,7 @@ async fn respond(
             });
             let mut resp = response_head(relay, &head, if opened { "MISS" } else { "COALESCED" });
             if !head_only && !not_yet {
-                *resp.body_mut() = viewer_body(relay, viewer, parked);
+                *resp.body_mut() = viewer_body(relay, slot, viewer, joined, parked);
             }
             Ok(resp)
         }
@@ -255,42 +256,28 @@ fn append_via(relay: &Relay, h: &mut http::HeaderMap) {
 }
 
 /// One viewer's response body: pieces from the slot as they arrive. The
-/// parked guard lives as long as the body.
-fn viewer_body(relay: &Arc<Relay>, viewer: Viewer, parked: ParkedGuard) -> Body {
-    struct State {
-        viewer: Viewer,
-        relay: Arc<Relay>,
-        first: bool,
-        done: bool,
-        _parked: ParkedGuard,
-    }
-    let state = State {
-        viewer,
-        relay: relay.clone(),
-        first: true,
-        done: false,
-        _parked: parked,
-    };
-    let s = stream::unfold(state, |mut st| async move {
-        if st.done {
-            return None;
-        }
-        match st.viewer.next_piece().await? {
-            Ok(b) => {
-                if st.first {
-                    st.first = false;
-                    if let Some(lag) = st.viewer.first_byte_lag() {
-                        st.relay.metrics.delivery.observe(lag.as_secs_f64());
-                    }
-                }
-                st.relay.metrics.bytes_out.inc_by(b.len() as u64);
-                Some((Ok(Frame::data(b)), st))
-            }
-            Err(e) => {
-                st.done = true;
-                Some((Err(e), st))
+/// parked guard lives as long as the body. The first piece records how long
+/// after its upstream arrival it reached this viewer, if the viewer was
+/// already waiting then (a late joiner was not kept waiting by the fan-out).
+fn viewer_body(
+    relay: &Arc<Relay>,
+    slot: Arc<Slot>,
+    viewer: Viewer,
+    joined: Instant,
+    parked: ParkedGuard,
+) -> Body {
+    let relay = relay.clone();
+    let mut first = true;
+    let s = viewer.into_stream().map(move |piece| {
+        let _ = &parked;
+        let b = piece?;
+        if std::mem::take(&mut first) {
+            if let Some(t) = slot.first_byte().filter(|t| *t >= joined) {
+                relay.metrics.delivery.observe(t.elapsed().as_secs_f64());
             }
         }
+        relay.metrics.bytes_out.inc_by(b.len() as u64);
+        Ok(Frame::data(b))
     });
     BodyExt::boxed_unsync(StreamBody::new(s))
 }
@@ -317,13 +304,13 @@ fn serve_entry(
         http::header::ACCEPT_RANGES,
         HeaderValue::from_static("bytes"),
     );
-    let pieces = match range.and_then(|r| parse_range(r, entry.len).transpose()) {
-        None => {
+    let pieces = match parse_range(range, entry.len) {
+        RangeSpec::Whole => {
             h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(entry.len));
             entry.body.clone()
         }
-        Some(Err(())) => return Err(RequestError::Range(entry.len)),
-        Some(Ok((start, end))) => {
+        RangeSpec::Unsatisfiable => return Err(RequestError::Range(entry.len)),
+        RangeSpec::Part(start, end) => {
             *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
             let h = resp.headers_mut();
             h.insert(
@@ -347,41 +334,43 @@ fn serve_entry(
     Ok(resp)
 }
 
+/// What a `Range` header asks of an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeSpec {
+    /// Send it all (no header, multi-range, or not `bytes`).
+    Whole,
+    /// Bytes `start..=end`.
+    Part(u64, u64),
+    /// Outside the object: 416.
+    Unsatisfiable,
+}
+
 /// Parses a single `bytes=` range against an object of `len` bytes.
-/// `Ok(None)`: ignore the header and send it all (multi-range or not bytes).
-/// `Err(())`: unsatisfiable.
-pub fn parse_range(value: &HeaderValue, len: u64) -> Result<Option<(u64, u64)>, ()> {
+pub fn parse_range(value: Option<&HeaderValue>, len: u64) -> RangeSpec {
     let Some(spec) = value
-        .to_str()
-        .ok()
+        .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().strip_prefix("bytes="))
     else {
-        return Ok(None);
+        return RangeSpec::Whole;
     };
     if spec.contains(',') {
-        return Ok(None);
+        return RangeSpec::Whole;
     }
-    let (a, b) = spec.split_once('-').ok_or(())?;
-    let (a, b) = (a.trim(), b.trim());
-    let (start, end) = if a.is_empty() {
-        let n: u64 = b.parse().map_err(|_| ())?;
-        if n == 0 {
-            return Err(());
-        }
-        (len.saturating_sub(n), len.checked_sub(1).ok_or(())?)
-    } else {
-        let s: u64 = a.parse().map_err(|_| ())?;
-        let e = if b.is_empty() {
-            u64::MAX
-        } else {
-            b.parse().map_err(|_| ())?
-        };
-        (s, e.min(len.saturating_sub(1)))
+    let num = |s: &str| s.trim().parse::<u64>().ok();
+    let bounds = match spec.split_once('-') {
+        Some((a, b)) if a.trim().is_empty() => num(b)
+            .filter(|n| *n > 0 && len > 0)
+            .map(|n| (len.saturating_sub(n), len - 1)),
+        Some((a, b)) if b.trim().is_empty() => num(a).map(|s| (s, len.saturating_sub(1))),
+        Some((a, b)) => num(a)
+            .zip(num(b))
+            .map(|(s, e)| (s, e.min(len.saturating_sub(1)))),
+        None => None,
     };
-    if start >= len || start > end {
-        return Err(());
+    match bounds {
+        Some((start, end)) if start < len && start <= end => RangeSpec::Part(start, end),
+        _ => RangeSpec::Unsatisfiable,
     }
-    Ok(Some((start, end)))
 }
 
 /// A TCP stream whose writes fail once they have been blocked for longer than
@@ -610,16 +599,20 @@ mod tests {
 
     #[test]
     fn ranges() {
-        let r = |s: &str, len| parse_range(&HeaderValue::from_str(s).unwrap(), len);
-        assert_eq!(r("bytes=0-9", 100), Ok(Some((0, 9))));
-        assert_eq!(r("bytes=90-", 100), Ok(Some((90, 99))));
-        assert_eq!(r("bytes=-10", 100), Ok(Some((90, 99))));
-        assert_eq!(r("bytes=50-1000", 100), Ok(Some((50, 99))));
-        assert_eq!(r("bytes=100-", 100), Err(()));
-        assert_eq!(r("bytes=5-2", 100), Err(()));
-        assert_eq!(r("bytes=x-2", 100), Err(()));
-        assert_eq!(r("bytes=0-1,5-6", 100), Ok(None));
-        assert_eq!(r("items=0-1", 100), Ok(None));
+        let r = |s: &str, len| parse_range(Some(&HeaderValue::from_str(s).unwrap()), len);
+        assert_eq!(r("bytes=0-9", 100), RangeSpec::Part(0, 9));
+        assert_eq!(r("bytes=90-", 100), RangeSpec::Part(90, 99));
+        assert_eq!(r("bytes=-10", 100), RangeSpec::Part(90, 99));
+        assert_eq!(r("bytes=-1000", 100), RangeSpec::Part(0, 99));
+        assert_eq!(r("bytes=50-1000", 100), RangeSpec::Part(50, 99));
+        assert_eq!(r("bytes=100-", 100), RangeSpec::Unsatisfiable);
+        assert_eq!(r("bytes=5-2", 100), RangeSpec::Unsatisfiable);
+        assert_eq!(r("bytes=x-2", 100), RangeSpec::Unsatisfiable);
+        assert_eq!(r("bytes=-0", 100), RangeSpec::Unsatisfiable);
+        assert_eq!(r("bytes=0-0", 0), RangeSpec::Unsatisfiable);
+        assert_eq!(r("bytes=0-1,5-6", 100), RangeSpec::Whole);
+        assert_eq!(r("items=0-1", 100), RangeSpec::Whole);
+        assert_eq!(parse_range(None, 100), RangeSpec::Whole);
     }
 
     #[test]

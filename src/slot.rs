@@ -92,7 +92,6 @@ impl Slot {
         Viewer {
             rx: self.tx.subscribe(),
             next: 0,
-            joined: Instant::now(),
         }
     }
 
@@ -116,6 +115,11 @@ impl Slot {
             s.len += data.len() as u64;
             s.body.push(data);
         });
+    }
+
+    /// When the first body byte arrived from upstream.
+    pub fn first_byte(&self) -> Option<Instant> {
+        self.tx.borrow().first_byte
     }
 
     /// Bytes received so far.
@@ -171,7 +175,6 @@ impl Slot {
 pub struct Viewer {
     rx: watch::Receiver<SlotState>,
     next: usize,
-    joined: Instant,
 }
 
 /// What a wait for the head ended with.
@@ -250,12 +253,17 @@ impl Viewer {
         }
     }
 
-    /// How long after the first upstream byte this viewer got its first piece,
-    /// if it was already waiting when that byte arrived. Call once, right
-    /// after the first piece.
-    pub fn first_byte_lag(&self) -> Option<std::time::Duration> {
-        let first = self.rx.borrow().first_byte?;
-        (self.joined <= first).then(|| first.elapsed())
+    /// The body as a stream of pieces that ends after the first error.
+    pub fn into_stream(self) -> impl futures_util::Stream<Item = Result<Bytes, SlotError>> + Send {
+        futures_util::stream::unfold((self, false), |(mut v, failed)| async move {
+            if failed {
+                return None;
+            }
+            match v.next_piece().await? {
+                Ok(b) => Some((Ok(b), (v, false))),
+                Err(e) => Some((Err(e), (v, true))),
+            }
+        })
     }
 }
 

@@ -1,0 +1,584 @@
+//! The head-end simulator: live streams published on a clock (or on command),
+//! a VOD catalog, long-poll, `/stats`, and fault knobs for tests.
+//!
+//! Each live chunk is a [`Slot`]: the publisher pushes its bytes into it,
+//! progressively across the chunk's duration (as chunked CMAF does) or whole at
+//! its end, and every request for the chunk streams from that slot. A request
+//! for a chunk 1..=`max_ahead` past the live edge waits on the stream's edge
+//! watch until the chunk exists (long-poll) or `hold` passes ("not yet", see
+//! docs/protocol.md). In plain mode it gets a 404 at once instead, as an
+//! ordinary HLS origin would give.
+//!
+//! Paths: `/live/{stream}/{seq}`, `/live/{stream}` (edge info as JSON),
+//! `/vod/{n}`, `/stats`. Chunk bodies start with the publish timestamp
+//! (u64 big-endian nanoseconds since the Unix epoch), then the sequence
+//! number (u64), then deterministic filler, so a viewer can both time and
+//! verify what it got.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::relay::NOT_YET_HEADER;
+use crate::server::Body;
+use crate::slot::{Head, HeadWait, Slot, SlotError};
+
+/// Response header with the chunk's publish time in Unix nanoseconds.
+pub const PUBLISH_HEADER: &str = "mlcache-publish-ns";
+
+/// How a live chunk's bytes appear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+pub enum Publish {
+    /// Written across the chunk's duration, first bytes at its start.
+    Progressive,
+    /// Written all at once at the chunk's end.
+    Whole,
+}
+
+/// Faults applied to requests (by flag for all, or by query for one).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Wait this long before the response head.
+    pub delay_head: Option<Duration>,
+    /// Cut the connection after this many body bytes.
+    pub abort_after: Option<u64>,
+    /// Stop sending (but keep the connection) after this many body bytes.
+    pub stall_after: Option<u64>,
+    /// Answer with this status instead.
+    pub status: Option<u16>,
+    /// Replace the response's Cache-Control.
+    pub cache_control: Option<String>,
+}
+
+impl Faults {
+    /// Per-request faults from the query string (`delay_head_ms`,
+    /// `abort_after`, `stall_after`, `status`, `cc` for Cache-Control), over
+    /// `base`.
+    pub fn from_query(query: Option<&str>, base: &Faults) -> Faults {
+        let mut f = base.clone();
+        for pair in query.unwrap_or("").split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let n = v.parse::<u64>().ok();
+            match k {
+                "delay_head_ms" => f.delay_head = n.map(Duration::from_millis),
+                "abort_after" => f.abort_after = n,
+                "stall_after" => f.stall_after = n,
+                "status" => f.status = n.and_then(|s| u16::try_from(s).ok()),
+                "cc" => f.cache_control = Some(v.replace("%20", " ")),
+                _ => {}
+            }
+        }
+        f
+    }
+}
+
+/// Settings of the head end.
+#[derive(Debug, Clone)]
+pub struct OriginConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Number of live streams (`/live/0` ..).
+    pub streams: usize,
+    /// Chunk duration; `None` publishes only on [`OriginHandle::publish`].
+    pub cadence: Option<Duration>,
+    /// Bytes per chunk.
+    pub chunk_size: usize,
+    /// Progressive or whole.
+    pub publish: Publish,
+    /// Pieces a progressive chunk is written in.
+    pub pieces: usize,
+    /// Longest a long-poll is held before "not yet".
+    pub hold: Duration,
+    /// How far past the edge a request is held rather than refused.
+    pub max_ahead: u64,
+    /// How many past chunks stay available.
+    pub window: u64,
+    /// Number of VOD chunks (`/vod/0` ..).
+    pub vod_chunks: u64,
+    /// `max-age` of VOD chunks.
+    pub vod_max_age: Duration,
+    /// Answer 404 instead of holding (an ordinary, non-long-poll origin).
+    pub plain: bool,
+    /// Faults applied to every request.
+    pub faults: Faults,
+}
+
+impl Default for OriginConfig {
+    fn default() -> Self {
+        OriginConfig {
+            listen: "127.0.0.1:9100".parse().expect("static address"),
+            streams: 1,
+            cadence: Some(Duration::from_millis(500)),
+            chunk_size: 64 * 1024,
+            publish: Publish::Progressive,
+            pieces: 8,
+            hold: Duration::from_secs(5),
+            max_ahead: 3,
+            window: 60,
+            vod_chunks: 100,
+            vod_max_age: Duration::from_secs(3600),
+            plain: false,
+            faults: Faults::default(),
+        }
+    }
+}
+
+struct Stream {
+    edge: watch::Sender<i64>,
+    next: AtomicU64,
+    chunks: Mutex<BTreeMap<u64, Arc<Slot>>>,
+}
+
+struct State {
+    cfg: OriginConfig,
+    streams: Vec<Stream>,
+    requests: Mutex<HashMap<String, u64>>,
+    total: AtomicU64,
+    refuse: AtomicBool,
+    faults: Mutex<Faults>,
+}
+
+/// A running head end.
+pub struct OriginHandle {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Cancel to stop it.
+    pub shutdown: CancellationToken,
+    state: Arc<State>,
+}
+
+#[derive(Serialize)]
+struct Stats<'a> {
+    requests_total: u64,
+    requests: &'a HashMap<String, u64>,
+    edges: Vec<i64>,
+}
+
+#[derive(Serialize)]
+struct EdgeInfo {
+    stream: usize,
+    edge: i64,
+    cadence_ms: u64,
+    chunk_size: usize,
+    next: String,
+}
+
+impl OriginHandle {
+    /// The URL of the origin, e.g. `http://127.0.0.1:9100`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Publishes the next chunk of `stream` now (needed when `cadence` is
+    /// `None`; with a cadence it adds an extra chunk).
+    pub fn publish(&self, stream: usize) {
+        publish_next(&self.state, stream);
+    }
+
+    /// The live edge of `stream` (-1 before the first chunk).
+    pub fn edge(&self, stream: usize) -> i64 {
+        *self.state.streams[stream].edge.borrow()
+    }
+
+    /// Requests received for `path` (path and query).
+    pub fn requests(&self, path: &str) -> u64 {
+        self.state.requests.lock().get(path).copied().unwrap_or(0)
+    }
+
+    /// All requests received.
+    pub fn requests_total(&self) -> u64 {
+        self.state.total.load(Ordering::Relaxed)
+    }
+
+    /// Makes the origin close every new connection at once (or stop doing so).
+    pub fn set_refuse(&self, refuse: bool) {
+        self.state.refuse.store(refuse, Ordering::Relaxed);
+    }
+
+    /// Replaces the faults applied to every request.
+    pub fn set_faults(&self, faults: Faults) {
+        *self.state.faults.lock() = faults;
+    }
+}
+
+/// Starts the head end.
+pub async fn start(cfg: OriginConfig) -> std::io::Result<OriginHandle> {
+    let listener = TcpListener::bind(cfg.listen).await?;
+    let addr = listener.local_addr()?;
+    let state = Arc::new(State {
+        streams: (0..cfg.streams)
+            .map(|_| Stream {
+                edge: watch::Sender::new(-1),
+                next: AtomicU64::new(0),
+                chunks: Mutex::new(BTreeMap::new()),
+            })
+            .collect(),
+        requests: Mutex::new(HashMap::new()),
+        total: AtomicU64::new(0),
+        refuse: AtomicBool::new(false),
+        faults: Mutex::new(cfg.faults.clone()),
+        cfg,
+    });
+    let shutdown = CancellationToken::new();
+    if let Some(cadence) = state.cfg.cadence {
+        let (st, stop) = (state.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(cadence);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => for s in 0..st.streams.len() { publish_next(&st, s) },
+                }
+            }
+        });
+    }
+    let (st, stop) = (state.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        let builder = auto::Builder::new(TokioExecutor::new());
+        loop {
+            let tcp = tokio::select! {
+                _ = stop.cancelled() => break,
+                r = listener.accept() => match r { Ok((t, _)) => t, Err(_) => continue },
+            };
+            if st.refuse.load(Ordering::Relaxed) {
+                drop(tcp);
+                continue;
+            }
+            let _ = tcp.set_nodelay(true);
+            let s = st.clone();
+            let svc = service_fn(move |req| {
+                let s = s.clone();
+                async move { Ok::<_, Infallible>(handle(s, req).await) }
+            });
+            let conn = builder
+                .serve_connection(TokioIo::new(tcp), svc)
+                .into_owned();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = conn => {},
+                    _ = stop.cancelled() => {},
+                }
+            });
+        }
+    });
+    Ok(OriginHandle {
+        addr,
+        shutdown,
+        state,
+    })
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64
+}
+
+/// Deterministic chunk bytes: timestamp, sequence, then xorshift filler seeded
+/// by (stream, seq), so every viewer can check it got the same bytes.
+pub fn chunk_bytes(stream: u64, seq: u64, size: usize, publish_ns: u64) -> Bytes {
+    let mut b = BytesMut::with_capacity(size.max(16));
+    b.put_u64(publish_ns);
+    b.put_u64(seq);
+    let mut x = (stream.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ seq.wrapping_add(1).wrapping_mul(0xBF58_476D_1CE4_E5B9))
+        | 1;
+    while b.len() < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        b.put_u64(x);
+    }
+    b.truncate(size.max(16));
+    b.freeze()
+}
+
+fn publish_next(state: &Arc<State>, stream: usize) {
+    let cfg = &state.cfg;
+    let s = &state.streams[stream];
+    // Numbers are taken when encoding starts, so a chunk still encoding in
+    // whole mode never shares its number with the next one.
+    let seq = s.next.fetch_add(1, Ordering::Relaxed);
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("video/mp2t"),
+    );
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=60"),
+    );
+    headers.insert(
+        http::header::CONTENT_LENGTH,
+        HeaderValue::from(cfg.chunk_size.max(16)),
+    );
+    headers.insert(
+        http::header::LINK,
+        HeaderValue::from_str(&format!("</live/{stream}/{}>; rel=\"next\"", seq + 1))
+            .expect("ASCII"),
+    );
+    let slot = Slot::new();
+    let pieces = match cfg.publish {
+        Publish::Progressive => cfg.pieces.max(1),
+        Publish::Whole => 1,
+    };
+    let duration = cfg.cadence.unwrap_or(Duration::ZERO);
+    let with_ns = move |ns: u64| {
+        let mut h = headers.clone();
+        h.insert(PUBLISH_HEADER, HeaderValue::from(ns));
+        h
+    };
+    let st = state.clone();
+    tokio::spawn(async move {
+        let cfg = &st.cfg;
+        let s = &st.streams[stream];
+        let t0 = tokio::time::Instant::now();
+        let available = |slot: &Arc<Slot>| {
+            let mut chunks = s.chunks.lock();
+            chunks.insert(seq, slot.clone());
+            while chunks.len() as u64 > cfg.window {
+                chunks.pop_first();
+            }
+            drop(chunks);
+            s.edge.send_if_modified(|e| {
+                let newer = *e < seq as i64;
+                if newer {
+                    *e = seq as i64;
+                }
+                newer
+            });
+        };
+        if cfg.publish == Publish::Whole {
+            // The chunk "encodes" for one cadence, then appears at once.
+            tokio::time::sleep(duration).await;
+        }
+        let ns = now_ns();
+        let body = chunk_bytes(stream as u64, seq, cfg.chunk_size, ns);
+        slot.publish_head(Head {
+            status: StatusCode::OK,
+            headers: with_ns(ns),
+            len: Some(body.len() as u64),
+        });
+        available(&slot);
+        let step = body.len().div_ceil(pieces);
+        for i in 0..pieces {
+            if i > 0 {
+                tokio::time::sleep_until(t0 + duration.mul_f64(i as f64 / pieces as f64)).await;
+            }
+            let from = (i * step).min(body.len());
+            let to = ((i + 1) * step).min(body.len());
+            slot.push(body.slice(from..to));
+        }
+        slot.finish(Ok(()));
+    });
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(
+        http_body_util::Full::new(body.into())
+            .map_err(|n| match n {})
+            .boxed_unsync(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("max-age=1"),
+    );
+    r
+}
+
+fn json<T: Serialize>(v: &T) -> Response<Body> {
+    let mut r = text(StatusCode::OK, serde_json::to_vec(v).unwrap_or_default());
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
+fn not_yet() -> Response<Body> {
+    let mut r = text(StatusCode::NOT_FOUND, "not yet\n");
+    let h = r.headers_mut();
+    h.insert(NOT_YET_HEADER, HeaderValue::from_static("1"));
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("0"));
+    r
+}
+
+async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_string();
+    if path == "/stats" {
+        let requests = state.requests.lock().clone();
+        return json(&Stats {
+            requests_total: state.total.load(Ordering::Relaxed),
+            requests: &requests,
+            edges: state.streams.iter().map(|s| *s.edge.borrow()).collect(),
+        });
+    }
+    state.total.fetch_add(1, Ordering::Relaxed);
+    *state.requests.lock().entry(pq).or_default() += 1;
+    let faults = Faults::from_query(req.uri().query(), &state.faults.lock().clone());
+    if let Some(d) = faults.delay_head {
+        tokio::time::sleep(d).await;
+    }
+    if let Some(code) = faults.status.and_then(|c| StatusCode::from_u16(c).ok()) {
+        return text(code, format!("fault: status {code}\n"));
+    }
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["live", s] => match s.parse::<usize>().ok().filter(|s| *s < state.streams.len()) {
+            Some(s) => {
+                let edge = *state.streams[s].edge.borrow();
+                json(&EdgeInfo {
+                    stream: s,
+                    edge,
+                    cadence_ms: state.cfg.cadence.map(|c| c.as_millis() as u64).unwrap_or(0),
+                    chunk_size: state.cfg.chunk_size,
+                    next: format!("/live/{s}/{}", edge + 1),
+                })
+            }
+            None => text(StatusCode::NOT_FOUND, "no such stream\n"),
+        },
+        ["live", s, n] => match (s.parse::<usize>(), n.parse::<u64>()) {
+            (Ok(s), Ok(n)) if s < state.streams.len() => live(&state, s, n, &faults).await,
+            _ => text(StatusCode::BAD_REQUEST, "expected /live/STREAM/SEQ\n"),
+        },
+        ["vod", n] => match n.parse::<u64>() {
+            Ok(n) if n < state.cfg.vod_chunks => {
+                let body = chunk_bytes(u64::MAX, n, state.cfg.chunk_size, 0);
+                let mut headers = http::HeaderMap::new();
+                let cc = format!("public, max-age={}", state.cfg.vod_max_age.as_secs());
+                headers.insert(
+                    http::header::CACHE_CONTROL,
+                    HeaderValue::from_str(&cc).expect("ASCII"),
+                );
+                headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+                let slot = Slot::new();
+                slot.publish_head(Head {
+                    status: StatusCode::OK,
+                    headers,
+                    len: Some(body.len() as u64),
+                });
+                slot.push(body);
+                slot.finish(Ok(()));
+                from_slot(&slot, &faults).await
+            }
+            _ => text(StatusCode::NOT_FOUND, "no such VOD chunk\n"),
+        },
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+async fn live(state: &Arc<State>, stream: usize, seq: u64, faults: &Faults) -> Response<Body> {
+    let s = &state.streams[stream];
+    let edge = *s.edge.borrow();
+    let seq_i = seq as i64;
+    let too_old = seq_i <= edge - state.cfg.window as i64;
+    let too_far = seq_i > edge + state.cfg.max_ahead as i64;
+    if too_old {
+        return text(StatusCode::NOT_FOUND, "chunk is gone (too old)\n");
+    }
+    if seq_i > edge {
+        if too_far || state.cfg.plain {
+            return text(StatusCode::NOT_FOUND, "chunk does not exist\n");
+        }
+        let mut rx = s.edge.subscribe();
+        if tokio::time::timeout(state.cfg.hold, rx.wait_for(|e| *e >= seq_i))
+            .await
+            .is_err()
+        {
+            return not_yet();
+        }
+    }
+    let slot = s.chunks.lock().get(&seq).cloned();
+    match slot {
+        Some(slot) => from_slot(&slot, faults).await,
+        None => text(StatusCode::NOT_FOUND, "chunk is gone\n"),
+    }
+}
+
+async fn from_slot(slot: &Arc<Slot>, faults: &Faults) -> Response<Body> {
+    let mut viewer = slot.subscribe();
+    let head = match viewer.head().await {
+        HeadWait::Head(h) => h,
+        HeadWait::Failed(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let (abort, stall) = (faults.abort_after, faults.stall_after);
+    let mut sent = 0u64;
+    let body = viewer.into_stream().flat_map(move |piece| {
+        let out: Vec<Result<Frame<Bytes>, SlotError>> = match piece {
+            Err(e) => vec![Err(e)],
+            Ok(b) => {
+                let limit = abort.or(stall).map(|l| l.saturating_sub(sent) as usize);
+                match limit {
+                    Some(l) if l < b.len() => {
+                        sent += l as u64;
+                        let mut v = vec![];
+                        if l > 0 {
+                            v.push(Ok(Frame::data(b.slice(..l))));
+                        }
+                        v.push(Err(SlotError::Truncated("fault injected".into())));
+                        v
+                    }
+                    _ => {
+                        sent += b.len() as u64;
+                        vec![Ok(Frame::data(b))]
+                    }
+                }
+            }
+        };
+        futures_util::stream::iter(out)
+    });
+    let body = body.then(move |item| async move {
+        // A stall holds the connection open with no more bytes.
+        if item.is_err() && stall.is_some() && abort.is_none() {
+            std::future::pending::<()>().await;
+        }
+        item
+    });
+    let mut r = Response::new(BodyExt::boxed_unsync(StreamBody::new(body)));
+    *r.status_mut() = head.status;
+    *r.headers_mut() = head.headers.clone();
+    if let Some(cc) = faults
+        .cache_control
+        .as_deref()
+        .and_then(|c| HeaderValue::from_str(c).ok())
+    {
+        r.headers_mut().insert(http::header::CACHE_CONTROL, cc);
+    }
+    r
+}

@@ -1,0 +1,196 @@
+//! Shared harness for the end-to-end tests: real origins and relays on
+//! ephemeral loopback ports, and a minimal HTTP client that talks to them over
+//! real sockets (one connection per request, as players do, or one shared
+//! HTTP/2 connection).
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mlcache::origin::{OriginConfig, OriginHandle};
+use mlcache::{Config, Running};
+use tokio::net::TcpStream;
+
+/// An origin that publishes only on command.
+pub async fn manual_origin() -> OriginHandle {
+    origin_with(|_| {}).await
+}
+
+/// An origin on an ephemeral port, after `f` adjusts its defaults.
+pub async fn origin_with(f: impl FnOnce(&mut OriginConfig)) -> OriginHandle {
+    let mut cfg = OriginConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        cadence: None,
+        ..OriginConfig::default()
+    };
+    f(&mut cfg);
+    mlcache::origin::start(cfg).await.expect("origin starts")
+}
+
+/// A relay config for `origin` on an ephemeral port.
+pub fn relay_config(origin: &str) -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin: Some("127.0.0.1:0".parse().unwrap()),
+        allow_origin: vec![origin.to_string()],
+        ..Config::default()
+    }
+}
+
+/// Starts an in-process relay.
+pub async fn relay(cfg: Config) -> Running {
+    mlcache::start(cfg).await.expect("relay starts")
+}
+
+/// Waits, polling a cheap condition, until it holds (or panics after `limit`).
+/// This waits for an event; it does not assume how long the event takes.
+pub async fn until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// What a client saw.
+#[derive(Debug)]
+pub struct Got {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    /// The whole body, or the error that ended it.
+    pub body: Result<Bytes, String>,
+}
+
+impl Got {
+    pub fn x_cache(&self) -> &str {
+        self.headers
+            .get("x-cache")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+    pub fn bytes(&self) -> &Bytes {
+        self.body.as_ref().expect("complete body")
+    }
+}
+
+/// Sends `req` over a fresh HTTP/1.1 connection to `addr`. The URI is sent
+/// as given, so an absolute URI makes a forward-proxy request.
+pub async fn h1(addr: SocketAddr, req: Request<Empty<Bytes>>) -> Result<Got, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    read(resp).await
+}
+
+/// Sends `req` over a fresh h2c (prior knowledge) connection.
+pub async fn h2(addr: SocketAddr, req: Request<Empty<Bytes>>) -> Result<Got, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    read(resp).await
+}
+
+async fn read(resp: http::Response<hyper::body::Incoming>) -> Result<Got, String> {
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| e.to_string());
+    Ok(Got {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+/// A forward-proxy GET of `http://{origin}{path}`.
+pub fn proxy_get(origin: SocketAddr, path: &str) -> Request<Empty<Bytes>> {
+    Request::get(format!("http://{origin}{path}"))
+        .body(Empty::new())
+        .unwrap()
+}
+
+/// A path-form GET `/mlcache/{origin}{path}`.
+pub fn path_get(origin: SocketAddr, path: &str) -> Request<Empty<Bytes>> {
+    Request::get(format!("/mlcache/{origin}{path}"))
+        .header("host", "relay")
+        .body(Empty::new())
+        .unwrap()
+}
+
+/// A relay running as a separate `mlcache-relay` process.
+pub struct RelayProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl RelayProcess {
+    /// Starts the real binary with `args` on ephemeral ports and reads the
+    /// bound addresses it prints.
+    pub fn spawn(args: &[&str]) -> RelayProcess {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mlcache-relay"))
+            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn mlcache-relay");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut next = || -> SocketAddr {
+            let line = lines.next().expect("relay printed its address").unwrap();
+            line.split_whitespace().nth(1).unwrap().parse().unwrap()
+        };
+        let addr = next();
+        let admin = next();
+        RelayProcess { child, addr, admin }
+    }
+
+    pub fn sigterm(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Reads one Prometheus sample (`name{labels}` exactly as rendered).
+pub async fn metric(admin: SocketAddr, sample: &str) -> f64 {
+    let req = Request::get("/metrics")
+        .header("host", "admin")
+        .body(Empty::new())
+        .unwrap();
+    let got = h1(admin, req).await.expect("metrics");
+    let text = String::from_utf8_lossy(got.bytes()).to_string();
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample).and_then(|r| r.strip_prefix(' ')))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
