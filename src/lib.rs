@@ -78,6 +78,40 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     })
 }
 
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn until_signal() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        r = tokio::signal::ctrl_c() => { r?; tracing::info!("interrupt: shutting down") }
+    }
+    Ok(())
+}
+
+/// Runs a relay until SIGTERM or Ctrl-C, then drains it. Prints
+/// `listening ADDR` (and `admin ADDR`) on stdout first, so scripts that start
+/// it on port 0 learn where it is.
+pub async fn run(config: Config) -> Result<(), StartError> {
+    let running = start(config).await?;
+    println!("listening {}", running.addr);
+    if let Some(a) = running.admin {
+        println!("admin {a}");
+    }
+    until_signal().await.map_err(StartError::Signal)?;
+    running.shutdown.cancel();
+    running.join().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
 /// Why a relay could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -92,4 +126,7 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signal(std::io::Error),
 }

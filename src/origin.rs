@@ -582,3 +582,108 @@ async fn from_slot(slot: &Arc<Slot>, faults: &Faults) -> Response<Body> {
     }
     r
 }
+
+/// Live head end (long-poll) and VOD origin for mlcache tests and demos.
+#[derive(clap::Parser, Debug, Clone)]
+#[command(name = "mlcache-origin", version)]
+pub struct OriginArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    pub listen: SocketAddr,
+    /// Number of live streams (/live/0, /live/1, ...).
+    #[arg(long, default_value_t = 1)]
+    pub streams: usize,
+    /// Chunk duration.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub cadence: Duration,
+    /// Chunk size.
+    #[arg(long = "chunk-size", default_value = "64KiB", value_parser = parse_size)]
+    pub chunk_size: usize,
+    /// Progressive (bytes across the chunk's duration) or whole (at its end).
+    #[arg(long, value_enum, default_value = "progressive")]
+    pub publish: Publish,
+    /// Pieces a progressive chunk is written in.
+    #[arg(long, default_value_t = 8)]
+    pub pieces: usize,
+    /// Longest a long-poll is held before "not yet".
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub hold: Duration,
+    /// How many chunks past the live edge are held rather than refused.
+    #[arg(long = "max-ahead", default_value_t = 3)]
+    pub max_ahead: u64,
+    /// How many past chunks stay available.
+    #[arg(long, default_value_t = 60)]
+    pub window: u64,
+    /// Number of VOD chunks (/vod/0 ...).
+    #[arg(long = "vod-chunks", default_value_t = 100)]
+    pub vod_chunks: u64,
+    /// max-age of VOD chunks.
+    #[arg(long = "vod-max-age", default_value = "1h", value_parser = parse_duration)]
+    pub vod_max_age: Duration,
+    /// Answer 404 at once for chunks that do not exist yet (no long-poll).
+    #[arg(long)]
+    pub plain: bool,
+    /// Fault: delay every response head.
+    #[arg(long = "delay-head", value_parser = parse_duration)]
+    pub delay_head: Option<Duration>,
+    /// Fault: cut every body after N bytes.
+    #[arg(long = "abort-after")]
+    pub abort_after: Option<u64>,
+    /// Fault: stall every body after N bytes.
+    #[arg(long = "stall-after")]
+    pub stall_after: Option<u64>,
+    /// Fault: answer every request with this status.
+    #[arg(long)]
+    pub status: Option<u16>,
+}
+
+impl OriginArgs {
+    /// Checks the flags and turns them into a configuration.
+    pub fn into_config(self) -> Result<OriginConfig, String> {
+        let a = self;
+        if a.cadence.is_zero() {
+            return Err("--cadence must be more than 0".into());
+        }
+        if a.streams == 0 || a.chunk_size < 16 {
+            return Err("--streams must be at least 1 and --chunk-size at least 16 bytes".into());
+        }
+        Ok(OriginConfig {
+            listen: a.listen,
+            streams: a.streams,
+            cadence: Some(a.cadence),
+            chunk_size: a.chunk_size,
+            publish: a.publish,
+            pieces: a.pieces.max(1),
+            hold: a.hold,
+            max_ahead: a.max_ahead,
+            window: a.window.max(1),
+            vod_chunks: a.vod_chunks,
+            vod_max_age: a.vod_max_age,
+            plain: a.plain,
+            faults: Faults {
+                delay_head: a.delay_head,
+                abort_after: a.abort_after,
+                stall_after: a.stall_after,
+                status: a.status,
+                cache_control: None,
+            },
+        })
+    }
+}
+
+fn parse_size(s: &str) -> Result<usize, String> {
+    s.parse::<bytesize::ByteSize>().map(|b| b.as_u64() as usize)
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// Runs a head end until SIGTERM or Ctrl-C, printing `listening ADDR` first.
+pub async fn run(cfg: OriginConfig) -> std::io::Result<()> {
+    let origin = start(cfg).await?;
+    println!("listening {}", origin.addr);
+    crate::until_signal().await?;
+    origin.shutdown.cancel();
+    Ok(())
+}
