@@ -20,7 +20,9 @@ async fn fan_out(viewers: usize) -> Duration {
     for _ in 0..viewers {
         let mut v = slot.subscribe();
         tasks.push(tokio::spawn(async move {
-            let HeadWait::Head(_) = v.head().await else { panic!("no head") };
+            let HeadWait::Head(_) = v.head().await else {
+                panic!("no head")
+            };
             let mut n = 0;
             while let Some(piece) = v.next_piece().await {
                 n += piece.expect("complete").len();
@@ -47,7 +49,11 @@ async fn fan_out(viewers: usize) -> Duration {
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let mut g = c.benchmark_group("slot_fanout_64KiB");
     for viewers in [1usize, 100, 1_000, 10_000] {
         g.throughput(Throughput::Bytes((viewers * CHUNK) as u64));

@@ -367,21 +367,42 @@ impl Relay {
         }
         let mut body = resp.into_body();
         let mut received = 0u64;
-        loop {
-            let frame = match tokio::time::timeout(cfg.body_idle_timeout, body.frame()).await {
+        let mut batch = Vec::new();
+        let mut ended = false;
+        while !ended {
+            // Wait for one frame, then take every frame that is already
+            // buffered, so a burst wakes the viewers once.
+            let mut next = match tokio::time::timeout(cfg.body_idle_timeout, body.frame()).await {
                 Err(_) => return Err(SlotError::Truncated("upstream body stalled".into())),
-                Ok(None) => break,
-                Ok(Some(Err(e))) => return Err(SlotError::Truncated(e.to_string().into())),
-                Ok(Some(Ok(frame))) => frame,
+                Ok(f) => f,
             };
-            if let Ok(data) = frame.into_data() {
-                received += data.len() as u64;
-                if received > max {
-                    return Err(SlotError::TooLarge);
+            loop {
+                match next {
+                    None => {
+                        ended = true;
+                        break;
+                    }
+                    Some(Err(e)) => {
+                        slot.push_all(batch.drain(..));
+                        return Err(SlotError::Truncated(e.to_string().into()));
+                    }
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            received += data.len() as u64;
+                            if received > max {
+                                return Err(SlotError::TooLarge);
+                            }
+                            self.metrics.bytes_in.inc_by(data.len() as u64);
+                            batch.push(data);
+                        }
+                    }
                 }
-                self.metrics.bytes_in.inc_by(data.len() as u64);
-                slot.push(data);
+                match body.frame().now_or_never() {
+                    Some(f) => next = f,
+                    None => break,
+                }
             }
+            slot.push_all(batch.drain(..));
         }
         if len.is_some_and(|l| l != received) {
             return Err(SlotError::Truncated(

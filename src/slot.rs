@@ -107,13 +107,24 @@ impl Slot {
 
     /// Appends a body piece and wakes every viewer. Empty pieces are dropped.
     pub fn push(&self, data: Bytes) {
-        if data.is_empty() {
-            return;
-        }
-        self.tx.send_modify(|s| {
-            s.first_byte.get_or_insert_with(Instant::now);
-            s.len += data.len() as u64;
-            s.body.push(data);
+        self.push_all(std::iter::once(data));
+    }
+
+    /// Appends several pieces with a single wake-up. Every wake costs each
+    /// parked viewer a task poll and a socket write, so pieces that arrived
+    /// together are handed out together.
+    pub fn push_all(&self, pieces: impl IntoIterator<Item = Bytes>) {
+        self.tx.send_if_modified(|s| {
+            let before = s.body.len();
+            for data in pieces.into_iter().filter(|d| !d.is_empty()) {
+                s.len += data.len() as u64;
+                s.body.push(data);
+            }
+            let grew = s.body.len() > before;
+            if grew {
+                s.first_byte.get_or_insert_with(Instant::now);
+            }
+            grew
         });
     }
 

@@ -1,1 +1,319 @@
-fn main() {}
+//! `mlcache-loadgen`: thin CLI over the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use mlcache_loadgen::demo::{self, DemoOpts};
+use mlcache_loadgen::live::{self, Group, LiveOpts};
+use mlcache_loadgen::vod::{self, VodOpts};
+use tokio_util::sync::CancellationToken;
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// A relay target: `ADDR` or `ADDR=VIEWERS`.
+#[derive(Debug, Clone)]
+struct RelayArg {
+    addr: SocketAddr,
+    viewers: Option<usize>,
+}
+
+fn relay_arg(s: &str) -> Result<RelayArg, String> {
+    let (a, n) = match s.split_once('=') {
+        Some((a, n)) => (
+            a,
+            Some(
+                n.parse::<usize>()
+                    .map_err(|e| format!("viewer count {n:?}: {e}"))?,
+            ),
+        ),
+        None => (s, None),
+    };
+    Ok(RelayArg {
+        addr: a.parse().map_err(|e| format!("relay address {a:?}: {e}"))?,
+        viewers: n,
+    })
+}
+
+#[derive(Parser)]
+#[command(
+    name = "mlcache-loadgen",
+    version,
+    about = "Simulated viewers for mlcache: added glass-to-glass delay, VOD hit ratio, and the live demo"
+)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the whole live path (origin → relay A → relay B → viewers) and print the table.
+    Demo {
+        /// Relay levels: 1 or 2.
+        #[arg(long, default_value_t = 2)]
+        hops: usize,
+        /// Viewers on the last relay.
+        #[arg(long, default_value_t = 2000)]
+        viewers: usize,
+        /// Viewers on relay A (to split the delay per hop; 0 = none).
+        #[arg(long = "hop1-viewers", default_value_t = 100)]
+        hop1_viewers: usize,
+        /// Control viewers reading straight from the origin.
+        #[arg(long, default_value_t = 20)]
+        control: usize,
+        /// Measured duration (after the ramp).
+        #[arg(long, default_value = "20s", value_parser = duration)]
+        duration: Duration,
+        /// Ramp-up time.
+        #[arg(long, default_value = "3s", value_parser = duration)]
+        ramp: Duration,
+        /// progressive or whole chunks.
+        #[arg(long, default_value = "progressive")]
+        publish: String,
+        /// Chunk cadence.
+        #[arg(long, default_value = "500ms", value_parser = duration)]
+        cadence: Duration,
+        /// Chunk size in bytes.
+        #[arg(long = "chunk-size", default_value_t = 65536)]
+        chunk_size: usize,
+        /// Viewers share HTTP/2 connections.
+        #[arg(long)]
+        h2: bool,
+        /// Write the full results (histograms included) here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Live viewers against running relays, with a control group on the origin.
+    Live {
+        /// The origin (head end) address.
+        #[arg(long)]
+        origin: SocketAddr,
+        /// A relay, in hop order from the origin: ADDR or ADDR=VIEWERS (repeatable).
+        #[arg(long, value_parser = relay_arg, required = true)]
+        relay: Vec<RelayArg>,
+        /// Viewers, split over relays given without =VIEWERS.
+        #[arg(long, default_value_t = 1000)]
+        viewers: usize,
+        /// Control viewers on the origin.
+        #[arg(long, default_value_t = 20)]
+        control: usize,
+        /// Pids of the relays, in the same order, to report their CPU and RSS.
+        #[arg(long = "relay-pid")]
+        relay_pid: Vec<u32>,
+        /// Stream number.
+        #[arg(long, default_value_t = 0)]
+        stream: usize,
+        /// Measured duration (after the ramp).
+        #[arg(long, default_value = "20s", value_parser = duration)]
+        duration: Duration,
+        /// Ramp-up time.
+        #[arg(long, default_value = "3s", value_parser = duration)]
+        ramp: Duration,
+        /// Viewers share HTTP/2 connections.
+        #[arg(long)]
+        h2: bool,
+        /// Viewers per HTTP/2 connection.
+        #[arg(long = "per-conn", default_value_t = 100)]
+        per_conn: usize,
+        /// Source addresses 127.0.0.1..N (0 = as many as needed).
+        #[arg(long, default_value_t = 0)]
+        sources: usize,
+        /// Skip the loopback throughput probe.
+        #[arg(long = "no-probe")]
+        no_probe: bool,
+        /// Write the full results here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// VOD viewers with Zipf popularity against a relay.
+    Vod {
+        /// The relay.
+        #[arg(long)]
+        relay: SocketAddr,
+        /// The origin.
+        #[arg(long)]
+        origin: SocketAddr,
+        #[arg(long, default_value_t = 200)]
+        viewers: usize,
+        #[arg(long, default_value = "10s", value_parser = duration)]
+        duration: Duration,
+        /// Catalog size.
+        #[arg(long, default_value_t = 100)]
+        catalog: u64,
+        /// Zipf exponent.
+        #[arg(long, default_value_t = 1.0)]
+        zipf: f64,
+        #[arg(long)]
+        h2: bool,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Run a relay (the demo starts its relays this way).
+    #[command(hide = true)]
+    Relay(Box<mlcache::Cli>),
+    /// Run an origin (the demo starts its origin this way).
+    #[command(hide = true)]
+    Origin(Box<mlcache::origin::OriginArgs>),
+}
+
+fn write_json<T: serde::Serialize>(path: &Option<PathBuf>, v: &T) -> anyhow::Result<()> {
+    if let Some(p) = path {
+        std::fs::write(p, serde_json::to_vec_pretty(v)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+        eprintln!("results written to {}", p.display());
+    }
+    Ok(())
+}
+
+fn ctrl_c() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("interrupted: stopping");
+            t.cancel();
+        }
+    });
+    token
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Args::parse().cmd {
+        Cmd::Relay(cli) => {
+            mlcache::init_tracing();
+            mlcache::run(mlcache::Config::load(*cli)?).await?;
+        }
+        Cmd::Origin(args) => {
+            mlcache::init_tracing();
+            mlcache::origin::run(args.into_config().map_err(anyhow::Error::msg)?).await?;
+        }
+        Cmd::Demo {
+            hops,
+            viewers,
+            hop1_viewers,
+            control,
+            duration,
+            ramp,
+            publish,
+            cadence,
+            chunk_size,
+            h2,
+            json,
+        } => {
+            anyhow::ensure!(
+                publish == "progressive" || publish == "whole",
+                "--publish must be progressive or whole"
+            );
+            let opts = DemoOpts {
+                hops,
+                viewers,
+                hop1_viewers,
+                control: control.max(1),
+                duration,
+                ramp,
+                cadence,
+                chunk_size,
+                publish,
+                h2,
+            };
+            let report = demo::run(opts, ctrl_c()).await?;
+            print!("{}", report.table());
+            write_json(&json, &report)?;
+            let ok_rpc = (report.origin_requests_per_chunk - 1.0).abs() < 1e-9;
+            println!(
+                "\nverdict: origin requests per chunk {:.2} (expected 1.00) {}; errors {} (expected 0) {}",
+                report.origin_requests_per_chunk,
+                if ok_rpc { "OK" } else { "FAIL" },
+                report.total_errors,
+                if report.total_errors == 0 { "OK" } else { "FAIL" }
+            );
+            anyhow::ensure!(
+                ok_rpc && report.total_errors == 0,
+                "the demo's expectations were not met"
+            );
+        }
+        Cmd::Live {
+            origin,
+            relay,
+            viewers,
+            control,
+            relay_pid,
+            stream,
+            duration,
+            ramp,
+            h2,
+            per_conn,
+            sources,
+            no_probe,
+            json,
+        } => {
+            let unsplit = relay.iter().filter(|r| r.viewers.is_none()).count().max(1);
+            let mut groups = vec![Group {
+                name: "control (origin)".into(),
+                target: origin,
+                via_relay: false,
+                viewers: control.max(1),
+                pid: None,
+            }];
+            for (i, r) in relay.iter().enumerate() {
+                groups.push(Group {
+                    name: format!(
+                        "relay {} ({} hop{})",
+                        r.addr,
+                        i + 1,
+                        if i == 0 { "" } else { "s" }
+                    ),
+                    target: r.addr,
+                    via_relay: true,
+                    viewers: r.viewers.unwrap_or(viewers / unsplit),
+                    pid: relay_pid.get(i).copied(),
+                });
+            }
+            let opts = LiveOpts {
+                origin,
+                stream,
+                groups,
+                duration,
+                ramp,
+                h2,
+                per_h2_conn: per_conn,
+                sources,
+                request_timeout: Duration::from_secs(30),
+                loopback_probe: if no_probe { 0 } else { 256 << 20 },
+            };
+            let report = live::run(opts, ctrl_c()).await?;
+            print!("{}", report.table());
+            write_json(&json, &report)?;
+        }
+        Cmd::Vod {
+            relay,
+            origin,
+            viewers,
+            duration,
+            catalog,
+            zipf,
+            h2,
+            json,
+        } => {
+            let report = vod::run(VodOpts {
+                relay,
+                origin,
+                viewers,
+                duration,
+                catalog,
+                zipf,
+                h2,
+            })
+            .await?;
+            print!("{}", report.table());
+            write_json(&json, &report)?;
+        }
+    }
+    Ok(())
+}

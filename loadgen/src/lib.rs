@@ -1,0 +1,14 @@
+//! mlcache-loadgen: simulated live and VOD viewers, and the one-command demo.
+//!
+//! `live` drives viewers at the live edge and reports the added glass-to-glass
+//! delay against a control group on the origin. `vod` drives a Zipf workload.
+//! `demo` starts origin → relay A → relay B as child processes and runs
+//! `live` through them. `net` opens viewer connections, `sys` reads CPU, RSS
+//! and descriptor limits, and `report` holds histograms and tables.
+
+pub mod demo;
+pub mod live;
+pub mod net;
+pub mod report;
+pub mod sys;
+pub mod vod;
