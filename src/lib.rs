@@ -8,6 +8,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod ece;
 pub mod key;
 pub mod metrics;
 pub mod origin;
