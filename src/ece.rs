@@ -64,8 +64,10 @@ impl Keys {
         let hk = Hkdf::<Sha256>::new(Some(salt), ikm);
         let mut cek = [0u8; 16];
         let mut nonce = [0u8; 12];
-        hk.expand(b"Content-Encoding: aes128gcm\0", &mut cek).expect("16 bytes is a valid HKDF length");
-        hk.expand(b"Content-Encoding: nonce\0", &mut nonce).expect("12 bytes is a valid HKDF length");
+        hk.expand(b"Content-Encoding: aes128gcm\0", &mut cek)
+            .expect("16 bytes is a valid HKDF length");
+        hk.expand(b"Content-Encoding: nonce\0", &mut nonce)
+            .expect("12 bytes is a valid HKDF length");
         Keys {
             cipher: Aes128Gcm::new(&cek.into()),
             nonce,
@@ -128,7 +130,10 @@ impl Header {
 /// Encrypts `records`, each given as (data, padding length), under `ikm`.
 /// The caller chooses the split; each record must fit in `rs`.
 pub fn encrypt_records(ikm: &[u8], header: &Header, records: &[(&[u8], usize)]) -> Vec<u8> {
-    assert!(header.keyid.len() <= 255 && header.rs >= MIN_RS, "valid header");
+    assert!(
+        header.keyid.len() <= 255 && header.rs >= MIN_RS,
+        "valid header"
+    );
     let keys = Keys::derive(ikm, &header.salt);
     let mut out = Vec::new();
     header.write(&mut out);
@@ -138,7 +143,10 @@ pub fn encrypt_records(ikm: &[u8], header: &Header, records: &[(&[u8], usize)]) 
         p.push(if i + 1 == records.len() { 2 } else { 1 });
         p.resize(p.len() + pad, 0);
         assert!(p.len() + TAG <= header.rs as usize, "record {i} exceeds rs");
-        let ct = keys.cipher.encrypt(&keys.nonce(i as u64), p.as_slice()).expect("in-memory AES-GCM cannot fail");
+        let ct = keys
+            .cipher
+            .encrypt(&keys.nonce(i as u64), p.as_slice())
+            .expect("in-memory AES-GCM cannot fail");
         out.extend_from_slice(&ct);
     }
     out
@@ -209,9 +217,12 @@ impl<F: FnMut(&[u8]) -> Option<Vec<u8>>> Decoder<F> {
         loop {
             match &mut self.state {
                 State::Header => {
-                    let Some((h, used)) = Header::parse(&self.buf)? else { return Ok(out) };
-                    let ikm = (self.lookup)(&h.keyid)
-                        .ok_or_else(|| EceError::UnknownKey(String::from_utf8_lossy(&h.keyid).into_owned()))?;
+                    let Some((h, used)) = Header::parse(&self.buf)? else {
+                        return Ok(out);
+                    };
+                    let ikm = (self.lookup)(&h.keyid).ok_or_else(|| {
+                        EceError::UnknownKey(String::from_utf8_lossy(&h.keyid).into_owned())
+                    })?;
                     self.buf.drain(..used);
                     self.state = State::Records {
                         keys: Keys::derive(&ikm, &h.salt),
@@ -234,7 +245,11 @@ impl<F: FnMut(&[u8]) -> Option<Vec<u8>>> Decoder<F> {
                     *seq += 1;
                 }
                 State::Done => {
-                    return if self.buf.is_empty() { Ok(out) } else { Err(EceError::Trailing) };
+                    return if self.buf.is_empty() {
+                        Ok(out)
+                    } else {
+                        Err(EceError::Trailing)
+                    };
                 }
             }
         }
@@ -266,8 +281,14 @@ fn open(keys: &Keys, seq: u64, rec: &[u8]) -> Result<(Vec<u8>, u8), EceError> {
     if rec.len() <= TAG {
         return Err(EceError::Record(seq));
     }
-    let mut p = keys.cipher.decrypt(&keys.nonce(seq), rec).map_err(|_| EceError::Auth(seq))?;
-    let end = p.iter().rposition(|b| *b != 0).ok_or(EceError::Record(seq))?;
+    let mut p = keys
+        .cipher
+        .decrypt(&keys.nonce(seq), rec)
+        .map_err(|_| EceError::Auth(seq))?;
+    let end = p
+        .iter()
+        .rposition(|b| *b != 0)
+        .ok_or(EceError::Record(seq))?;
     let delim = p[end];
     if delim != 1 && delim != 2 {
         return Err(EceError::Record(seq));
@@ -277,7 +298,10 @@ fn open(keys: &Keys, seq: u64, rec: &[u8]) -> Result<(Vec<u8>, u8), EceError> {
 }
 
 /// Decodes a whole body at once.
-pub fn decrypt(lookup: impl FnMut(&[u8]) -> Option<Vec<u8>>, body: &[u8]) -> Result<Vec<u8>, EceError> {
+pub fn decrypt(
+    lookup: impl FnMut(&[u8]) -> Option<Vec<u8>>,
+    body: &[u8],
+) -> Result<Vec<u8>, EceError> {
     let mut d = Decoder::new(lookup);
     let mut out = d.push(body)?;
     out.extend(d.finish()?);
@@ -302,7 +326,10 @@ mod tests {
         let ikm = b64("yqdlZ-tYemfogSmv7Ws5PQ");
         let salt: [u8; 16] = b64("I1BsxtFttlv3u_Oo94xnmw").try_into().unwrap();
         assert_eq!(encrypt(&ikm, salt, 4096, b"", b"I am the walrus"), b64(EX1));
-        assert_eq!(decrypt(|_| Some(ikm.clone()), &b64(EX1)).unwrap(), b"I am the walrus");
+        assert_eq!(
+            decrypt(|_| Some(ikm.clone()), &b64(EX1)).unwrap(),
+            b"I am the walrus"
+        );
     }
 
     #[test]
@@ -313,7 +340,10 @@ mod tests {
         assert_eq!((h.rs, h.keyid.as_slice()), (25, &b"a1"[..]));
         // The RFC's split: 7 octets plus one octet of padding, then 8.
         let pt = b"I am the walrus";
-        assert_eq!(encrypt_records(&ikm, &h, &[(&pt[..7], 1), (&pt[7..], 0)]), body);
+        assert_eq!(
+            encrypt_records(&ikm, &h, &[(&pt[..7], 1), (&pt[7..], 0)]),
+            body
+        );
         let mut asked = Vec::new();
         let out = decrypt(
             |id| {
@@ -342,14 +372,32 @@ mod tests {
             // Every record followed by at least one more byte is released.
             let body = pushed.saturating_sub(23);
             let released_records = body.saturating_sub(1) / 1024;
-            assert!(out.len() >= released_records * 1007, "{} of {pushed}", out.len());
+            assert!(
+                out.len() >= released_records * 1007,
+                "{} of {pushed}",
+                out.len()
+            );
         }
         out.extend(d.finish().unwrap());
         assert_eq!(out, pt);
         // Exactly a multiple of the record payload still ends with a final record.
         let exact = vec![9u8; 1007 * 2];
-        assert_eq!(decrypt(|_| Some(ikm.to_vec()), &encrypt(&ikm, [2; 16], 1024, b"", &exact)).unwrap(), exact);
-        assert_eq!(decrypt(|_| Some(ikm.to_vec()), &encrypt(&ikm, [2; 16], 1024, b"", b"")).unwrap(), b"");
+        assert_eq!(
+            decrypt(
+                |_| Some(ikm.to_vec()),
+                &encrypt(&ikm, [2; 16], 1024, b"", &exact)
+            )
+            .unwrap(),
+            exact
+        );
+        assert_eq!(
+            decrypt(
+                |_| Some(ikm.to_vec()),
+                &encrypt(&ikm, [2; 16], 1024, b"", b"")
+            )
+            .unwrap(),
+            b""
+        );
     }
 
     #[test]
@@ -365,8 +413,14 @@ mod tests {
         let cut = 22 + 1024 * 2;
         assert_eq!(decrypt(key, &ct[..cut]), Err(EceError::Truncated));
         assert!(decrypt(key, &ct[..ct.len() - 1]).is_err());
-        assert!(matches!(decrypt(|_| Some(vec![8u8; 16]), &ct), Err(EceError::Auth(0))));
-        assert_eq!(decrypt(|_| None, &ct), Err(EceError::UnknownKey("k".into())));
+        assert!(matches!(
+            decrypt(|_| Some(vec![8u8; 16]), &ct),
+            Err(EceError::Auth(0))
+        ));
+        assert_eq!(
+            decrypt(|_| None, &ct),
+            Err(EceError::UnknownKey("k".into()))
+        );
         let mut extra = ct.clone();
         extra.push(0);
         assert!(decrypt(key, &extra).is_err());

@@ -10,11 +10,13 @@ pub mod cache;
 pub mod config;
 pub mod ece;
 pub mod key;
+pub mod manifest;
 pub mod metrics;
 pub mod origin;
 pub mod relay;
 pub mod server;
 pub mod slot;
+pub mod tls;
 pub mod upstream;
 
 pub use config::{Cli, Config};

@@ -37,6 +37,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::manifest::{ChunkRef, KeyDoc, Manifest};
 use crate::relay::NOT_YET_HEADER;
 use crate::server::Body;
 use crate::slot::{Head, HeadWait, Slot, SlotError};
@@ -119,6 +120,53 @@ pub struct OriginConfig {
     pub plain: bool,
     /// Faults applied to every request.
     pub faults: Faults,
+    /// RFC 8188 encryption of every chunk; `None` serves plaintext.
+    pub encryption: Option<Encryption>,
+    /// TLS for the manifest and key API (on the same port as the chunks).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Bearer token of the manifest and key API.
+    pub token: Option<String>,
+    /// The authority chunk names use (default: the bound address).
+    pub authority: Option<String>,
+    /// When set, stream 0 publishes these bodies in order and then ends.
+    pub live_files: Vec<Bytes>,
+}
+
+/// How the origin encrypts chunks.
+#[derive(Debug, Clone)]
+pub struct Encryption {
+    /// Secret all chunk keys are derived from.
+    pub master: [u8; 32],
+    /// Keys change every this many chunks.
+    pub key_rotation: u64,
+    /// RFC 8188 record size.
+    pub record_size: u32,
+}
+
+impl Encryption {
+    /// Fresh random master secret.
+    pub fn random(key_rotation: u64, record_size: u32) -> Encryption {
+        let mut master = [0u8; 32];
+        getrandom::getrandom(&mut master).expect("the OS has a random source");
+        Encryption {
+            master,
+            key_rotation: key_rotation.max(1),
+            record_size: record_size.max(crate::ece::MIN_RS),
+        }
+    }
+
+    fn seal(&self, keyid: &str, plaintext: &[u8]) -> Bytes {
+        let mut salt = [0u8; 16];
+        getrandom::getrandom(&mut salt).expect("the OS has a random source");
+        let key = crate::manifest::derive_key(&self.master, keyid);
+        Bytes::from(crate::ece::encrypt(
+            &key,
+            salt,
+            self.record_size,
+            keyid.as_bytes(),
+            plaintext,
+        ))
+    }
 }
 
 impl Default for OriginConfig {
@@ -137,6 +185,11 @@ impl Default for OriginConfig {
             vod_max_age: Duration::from_secs(3600),
             plain: false,
             faults: Faults::default(),
+            encryption: None,
+            tls: None,
+            token: None,
+            authority: None,
+            live_files: Vec::new(),
         }
     }
 }
@@ -149,6 +202,7 @@ struct Stream {
 
 struct State {
     cfg: OriginConfig,
+    authority: String,
     streams: Vec<Stream>,
     requests: Mutex<HashMap<String, u64>>,
     total: AtomicU64,
@@ -223,7 +277,9 @@ impl OriginHandle {
 pub async fn start(cfg: OriginConfig) -> std::io::Result<OriginHandle> {
     let listener = TcpListener::bind(cfg.listen).await?;
     let addr = listener.local_addr()?;
+    let authority = cfg.authority.clone().unwrap_or_else(|| addr.to_string());
     let state = Arc::new(State {
+        authority,
         streams: (0..cfg.streams)
             .map(|_| Stream {
                 edge: watch::Sender::new(-1),
@@ -264,19 +320,38 @@ pub async fn start(cfg: OriginConfig) -> std::io::Result<OriginHandle> {
                 continue;
             }
             let _ = tcp.set_nodelay(true);
-            let s = st.clone();
-            let svc = service_fn(move |req| {
-                let s = s.clone();
-                async move { Ok::<_, Infallible>(handle(s, req).await) }
-            });
-            let conn = builder
-                .serve_connection(TokioIo::new(tcp), svc)
-                .into_owned();
-            let stop = stop.clone();
+            let (s, stop) = (st.clone(), stop.clone());
+            let builder = builder.clone();
             tokio::spawn(async move {
-                tokio::select! {
-                    _ = conn => {},
-                    _ = stop.cancelled() => {},
+                // One port serves chunks in the clear and the API over TLS:
+                // a TLS connection starts with a handshake record (0x16).
+                let mut first = [0u8; 1];
+                let is_tls = matches!(
+                    tokio::time::timeout(Duration::from_secs(10), tcp.peek(&mut first)).await,
+                    Ok(Ok(1))
+                ) && first[0] == 0x16;
+                let svc = |tls: bool| {
+                    let s = s.clone();
+                    service_fn(move |req| {
+                        let s = s.clone();
+                        async move { Ok::<_, Infallible>(handle(s, req, tls).await) }
+                    })
+                };
+                match (is_tls, s.cfg.tls.clone()) {
+                    (true, Some(tls)) => {
+                        let Ok(stream) = tokio_rustls::TlsAcceptor::from(tls).accept(tcp).await
+                        else {
+                            return;
+                        };
+                        let conn = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), svc(true));
+                        tokio::select! { _ = conn => {}, _ = stop.cancelled() => {} }
+                    }
+                    (true, None) => {}
+                    (false, _) => {
+                        let conn = builder.serve_connection(TokioIo::new(tcp), svc(false));
+                        tokio::select! { _ = conn => {}, _ = stop.cancelled() => {} }
+                    }
                 }
             });
         }
@@ -317,71 +392,67 @@ pub fn chunk_bytes(stream: u64, seq: u64, size: usize, publish_ns: u64) -> Bytes
 fn publish_next(state: &Arc<State>, stream: usize) {
     let cfg = &state.cfg;
     let s = &state.streams[stream];
+    let files = stream == 0 && !cfg.live_files.is_empty();
+    if files && s.next.load(Ordering::Relaxed) >= cfg.live_files.len() as u64 {
+        return; // the stream has ended
+    }
     // Numbers are taken when encoding starts, so a chunk still encoding in
     // whole mode never shares its number with the next one.
     let seq = s.next.fetch_add(1, Ordering::Relaxed);
-    let mut headers = http::HeaderMap::new();
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("video/mp2t"),
-    );
-    headers.insert(
-        http::header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=60"),
-    );
-    headers.insert(
-        http::header::CONTENT_LENGTH,
-        HeaderValue::from(cfg.chunk_size.max(16)),
-    );
-    headers.insert(
-        http::header::LINK,
-        HeaderValue::from_str(&format!("</live/{stream}/{}>; rel=\"next\"", seq + 1))
-            .expect("ASCII"),
-    );
     let slot = Slot::new();
     let pieces = match cfg.publish {
         Publish::Progressive => cfg.pieces.max(1),
         Publish::Whole => 1,
     };
     let duration = cfg.cadence.unwrap_or(Duration::ZERO);
-    let with_ns = move |ns: u64| {
-        let mut h = headers.clone();
-        h.insert(PUBLISH_HEADER, HeaderValue::from(ns));
-        h
-    };
     let st = state.clone();
     tokio::spawn(async move {
         let cfg = &st.cfg;
         let s = &st.streams[stream];
         let t0 = tokio::time::Instant::now();
-        let available = |slot: &Arc<Slot>| {
-            let mut chunks = s.chunks.lock();
-            chunks.insert(seq, slot.clone());
-            while chunks.len() as u64 > cfg.window {
-                chunks.pop_first();
-            }
-            drop(chunks);
-            s.edge.send_if_modified(|e| {
-                let newer = *e < seq as i64;
-                if newer {
-                    *e = seq as i64;
-                }
-                newer
-            });
-        };
         if cfg.publish == Publish::Whole {
             // The chunk "encodes" for one cadence, then appears at once.
             tokio::time::sleep(duration).await;
         }
         let ns = now_ns();
-        let body = chunk_bytes(stream as u64, seq, cfg.chunk_size, ns);
+        let plain = match files {
+            true => cfg.live_files[seq as usize].clone(),
+            false => chunk_bytes(stream as u64, seq, cfg.chunk_size, ns),
+        };
+        let keyid = format!(
+            "live{stream}.{}",
+            seq / cfg.encryption.as_ref().map_or(1, |e| e.key_rotation)
+        );
+        let (body, headers) = chunk_response(cfg, &keyid, plain, ns);
+        let mut headers = headers;
+        let last = files && seq + 1 == cfg.live_files.len() as u64;
+        if !last {
+            let next = format!("</live/{stream}/{}>; rel=\"next\"", seq + 1);
+            headers.insert(
+                http::header::LINK,
+                HeaderValue::from_str(&next).expect("ASCII"),
+            );
+        }
         slot.publish_head(Head {
             status: StatusCode::OK,
-            headers: with_ns(ns),
+            headers,
             len: Some(body.len() as u64),
         });
-        available(&slot);
-        let step = body.len().div_ceil(pieces);
+        {
+            let mut chunks = s.chunks.lock();
+            chunks.insert(seq, slot.clone());
+            while chunks.len() as u64 > cfg.window {
+                chunks.pop_first();
+            }
+        }
+        s.edge.send_if_modified(|e| {
+            let newer = *e < seq as i64;
+            if newer {
+                *e = seq as i64;
+            }
+            newer
+        });
+        let step = body.len().div_ceil(pieces).max(1);
         for i in 0..pieces {
             if i > 0 {
                 tokio::time::sleep_until(t0 + duration.mul_f64(i as f64 / pieces as f64)).await;
@@ -392,6 +463,38 @@ fn publish_next(state: &Arc<State>, stream: usize) {
         }
         slot.finish(Ok(()));
     });
+}
+
+/// The body and headers of a chunk: encrypted under `keyid` when the origin
+/// encrypts, with its publish time.
+fn chunk_response(
+    cfg: &OriginConfig,
+    keyid: &str,
+    plain: Bytes,
+    publish_ns: u64,
+) -> (Bytes, http::HeaderMap) {
+    let mut h = http::HeaderMap::new();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("video/mp2t"),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=60"),
+    );
+    h.insert(PUBLISH_HEADER, HeaderValue::from(publish_ns));
+    let body = match &cfg.encryption {
+        Some(enc) => {
+            h.insert(
+                http::header::CONTENT_ENCODING,
+                HeaderValue::from_static(crate::ece::CODING),
+            );
+            enc.seal(keyid, &plain)
+        }
+        None => plain,
+    };
+    h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    (body, h)
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
@@ -421,6 +524,134 @@ fn json<T: Serialize>(v: &T) -> Response<Body> {
     r
 }
 
+fn vod_keyid(cfg: &OriginConfig, n: u64) -> String {
+    format!(
+        "vod.{}",
+        n / cfg.encryption.as_ref().map_or(1, |e| e.key_rotation)
+    )
+}
+
+/// Compares in time independent of where the inputs differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The manifest and key API (HTTPS only, bearer token).
+fn api<B>(state: &State, req: &Request<B>) -> Response<Body> {
+    let cfg = &state.cfg;
+    let presented = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let authorized = match (&cfg.token, presented) {
+        (Some(t), Some(p)) => same_secret(t.as_bytes(), p.trim().as_bytes()),
+        _ => false,
+    };
+    if !authorized {
+        tracing::info!(path = %req.uri().path(), "API request without a valid token");
+        let mut r = text(
+            StatusCode::UNAUTHORIZED,
+            "a valid bearer token is required\n",
+        );
+        r.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"mlcache\""),
+        );
+        r.headers_mut().insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        );
+        return r;
+    }
+    let rotation = cfg.encryption.as_ref().map_or(1, |e| e.key_rotation);
+    let auth = &state.authority;
+    let parts: Vec<&str> = req
+        .uri()
+        .path()
+        .trim_start_matches('/')
+        .split('/')
+        .collect();
+    let unknown_key = || text(StatusCode::NOT_FOUND, "unknown key id\n");
+    match parts.as_slice() {
+        ["manifest", "vod"] => json(&Manifest::Vod {
+            chunks: (0..cfg.vod_chunks)
+                .map(|n| ChunkRef {
+                    name: format!("mlcache://{auth}/vod/{n}"),
+                    keyid: vod_keyid(cfg, n),
+                })
+                .collect(),
+        }),
+        ["manifest", "live", s] => {
+            match s.parse::<usize>().ok().filter(|s| *s < state.streams.len()) {
+                Some(s) => {
+                    let stream = &state.streams[s];
+                    let edge = *stream.edge.borrow();
+                    let first = stream.chunks.lock().keys().next().copied().unwrap_or(0);
+                    let template = format!("mlcache://{auth}/live/{s}/{{seq}}");
+                    let keyid_template = format!("live{s}.{{epoch}}");
+                    let last = (s == 0 && !cfg.live_files.is_empty())
+                        .then(|| cfg.live_files.len() as u64 - 1);
+                    let from = edge.max(0) as u64;
+                    let to = last.map_or(from + cfg.max_ahead, |l| l.min(from + cfg.max_ahead));
+                    json(&Manifest::Live {
+                        next: (from..=to)
+                            .map(|q| Manifest::live_chunk(&template, &keyid_template, rotation, q))
+                            .collect(),
+                        template,
+                        keyid_template,
+                        key_rotation: rotation,
+                        edge,
+                        first,
+                        last,
+                        cadence_ms: cfg.cadence.map_or(0, |c| c.as_millis() as u64),
+                    })
+                }
+                None => text(StatusCode::NOT_FOUND, "no such stream\n"),
+            }
+        }
+        ["keys", keyid] => {
+            let Some(enc) = &cfg.encryption else {
+                return unknown_key();
+            };
+            // Only keys that exist: past epochs, the current one, and the next
+            // (so a player at the edge can prepare). Anything else is unknown.
+            let known = if let Some(rest) = keyid.strip_prefix("vod.") {
+                rest.parse::<u64>()
+                    .is_ok_and(|e| cfg.vod_chunks > 0 && e <= (cfg.vod_chunks - 1) / rotation)
+            } else if let Some(rest) = keyid.strip_prefix("live") {
+                match rest.split_once('.') {
+                    Some((s, e)) => match (s.parse::<usize>(), e.parse::<u64>()) {
+                        (Ok(s), Ok(e)) if s < state.streams.len() => {
+                            let edge = *state.streams[s].edge.borrow();
+                            e <= (edge.max(0) as u64 + cfg.max_ahead) / rotation + 1
+                        }
+                        _ => false,
+                    },
+                    None => false,
+                }
+            } else {
+                false
+            };
+            if !known {
+                return unknown_key();
+            }
+            use base64::Engine;
+            let key = crate::manifest::derive_key(&enc.master, keyid);
+            let mut r = json(&KeyDoc {
+                keyid: keyid.to_string(),
+                key: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key),
+            });
+            r.headers_mut().insert(
+                http::header::CACHE_CONTROL,
+                HeaderValue::from_static("private, no-store"),
+            );
+            r
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
 fn not_yet() -> Response<Body> {
     let mut r = text(StatusCode::NOT_FOUND, "not yet\n");
     let h = r.headers_mut();
@@ -433,8 +664,17 @@ fn not_yet() -> Response<Body> {
     r
 }
 
-async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
+async fn handle(state: Arc<State>, req: Request<Incoming>, tls: bool) -> Response<Body> {
     let path = req.uri().path().to_string();
+    if path.starts_with("/manifest/") || path.starts_with("/keys/") {
+        if !tls {
+            return text(
+                StatusCode::FORBIDDEN,
+                "manifests and keys are served over HTTPS only\n",
+            );
+        }
+        return api(&state, &req);
+    }
     let pq = req
         .uri()
         .path_and_query()
@@ -479,14 +719,15 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         },
         ["vod", n] => match n.parse::<u64>() {
             Ok(n) if n < state.cfg.vod_chunks => {
-                let body = chunk_bytes(u64::MAX, n, state.cfg.chunk_size, 0);
-                let mut headers = http::HeaderMap::new();
+                let plain = chunk_bytes(u64::MAX, n, state.cfg.chunk_size, 0);
+                let (body, mut headers) =
+                    chunk_response(&state.cfg, &vod_keyid(&state.cfg, n), plain, 0);
+                headers.remove(PUBLISH_HEADER);
                 let cc = format!("public, max-age={}", state.cfg.vod_max_age.as_secs());
                 headers.insert(
                     http::header::CACHE_CONTROL,
                     HeaderValue::from_str(&cc).expect("ASCII"),
                 );
-                headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
                 let slot = Slot::new();
                 slot.publish_head(Head {
                     status: StatusCode::OK,
@@ -635,19 +876,69 @@ pub struct OriginArgs {
     /// Fault: answer every request with this status.
     #[arg(long)]
     pub status: Option<u16>,
+    /// Serve chunks unencrypted (default: RFC 8188 aes128gcm).
+    #[arg(long)]
+    pub plaintext: bool,
+    /// Rotate keys every K chunks.
+    #[arg(long = "key-rotation", default_value_t = 10)]
+    pub key_rotation: u64,
+    /// RFC 8188 record size.
+    #[arg(long = "record-size", default_value_t = crate::ece::DEFAULT_RS)]
+    pub record_size: u32,
+    /// Bearer token for the manifest and key API (default: random, printed).
+    #[arg(long, env = "MLCACHE_TOKEN")]
+    pub token: Option<String>,
+    /// Write the run-time CA certificate (PEM) here, for clients' --ca.
+    #[arg(long = "ca-out")]
+    pub ca_out: Option<std::path::PathBuf>,
+    /// Extra DNS name or IP for the TLS certificate (repeatable).
+    #[arg(long = "tls-name")]
+    pub tls_name: Vec<String>,
+    /// Authority used in chunk names (default: the listen address).
+    #[arg(long)]
+    pub authority: Option<String>,
+    /// Publish the files of this directory (sorted by name) as stream 0, then end it.
+    #[arg(long = "live-dir")]
+    pub live_dir: Option<std::path::PathBuf>,
 }
 
 impl OriginArgs {
     /// Checks the flags and turns them into a configuration.
     pub fn into_config(self) -> Result<OriginConfig, String> {
-        let a = self;
+        let mut a = self;
+        let live_files = match a.live_dir.take() {
+            Some(d) => read_live_dir(&d).map_err(|e| format!("--live-dir {}: {e}", d.display()))?,
+            None => Vec::new(),
+        };
+        let ca_out = a.ca_out.take();
+        let mut names = std::mem::take(&mut a.tls_name);
+        names.extend(["localhost".to_string(), a.listen.ip().to_string()]);
+        if let Some(auth) = &a.authority {
+            names.push(
+                auth.rsplit_once(':')
+                    .map_or(auth.as_str(), |(h, _)| h)
+                    .to_string(),
+            );
+        }
         if a.cadence.is_zero() {
             return Err("--cadence must be more than 0".into());
         }
         if a.streams == 0 || a.chunk_size < 16 {
             return Err("--streams must be at least 1 and --chunk-size at least 16 bytes".into());
         }
-        Ok(OriginConfig {
+        let pki = crate::tls::TestPki::generate(&names).map_err(|e| e.to_string())?;
+        if let Some(path) = ca_out {
+            std::fs::write(&path, &pki.ca_pem)
+                .map_err(|e| format!("--ca-out {}: {e}", path.display()))?;
+        }
+        let token = a.token.take().or_else(|| {
+            let mut t = [0u8; 16];
+            getrandom::getrandom(&mut t).ok()?;
+            let t: String = t.iter().map(|b| format!("{b:02x}")).collect();
+            println!("token {t}");
+            Some(t)
+        });
+        let mut cfg = OriginConfig {
             listen: a.listen,
             streams: a.streams,
             cadence: Some(a.cadence),
@@ -667,8 +958,34 @@ impl OriginArgs {
                 status: a.status,
                 cache_control: None,
             },
-        })
+            encryption: (!a.plaintext).then(|| Encryption::random(a.key_rotation, a.record_size)),
+            tls: Some(pki.server),
+            token,
+            authority: a.authority,
+            live_files: Vec::new(),
+        };
+        cfg.live_files = live_files;
+        Ok(cfg)
     }
+}
+
+/// Reads the files of `dir`, sorted by name, as live chunk bodies.
+pub fn read_live_dir(dir: &std::path::Path) -> std::io::Result<Vec<Bytes>> {
+    let mut paths: Vec<_> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    paths.sort();
+    if paths.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no files in {}", dir.display()),
+        ));
+    }
+    paths
+        .into_iter()
+        .map(|p| std::fs::read(p).map(Bytes::from))
+        .collect()
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {

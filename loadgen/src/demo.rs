@@ -116,6 +116,8 @@ pub struct DemoOpts {
     pub publish: String,
     /// Viewers share HTTP/2 connections.
     pub h2: bool,
+    /// Source addresses 127.0.0.1..N (0 = as many as needed).
+    pub sources: usize,
 }
 
 impl Default for DemoOpts {
@@ -131,6 +133,7 @@ impl Default for DemoOpts {
             chunk_size: 64 * 1024,
             publish: "progressive".into(),
             h2: false,
+            sources: 0,
         }
     }
 }
@@ -238,7 +241,7 @@ pub async fn run(opts: DemoOpts, cancel: CancellationToken) -> anyhow::Result<Li
             ramp: opts.ramp,
             h2: opts.h2,
             per_h2_conn: 100,
-            sources: 0,
+            sources: opts.sources,
             request_timeout: Duration::from_secs(30),
             loopback_probe: 256 << 20,
         },

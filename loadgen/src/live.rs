@@ -220,6 +220,12 @@ async fn fetch(
         });
     }
     let hit = resp.headers().get("x-cache").is_some_and(|v| v == "HIT");
+    // Encrypted chunks are opaque here: the publish time comes from the
+    // header, and integrity is the viewer client's job (it holds the keys).
+    let encrypted = resp
+        .headers()
+        .get(http::header::CONTENT_ENCODING)
+        .is_some_and(|v| v == mlcache::ece::CODING);
     let header_ns = resp
         .headers()
         .get(mlcache::origin::PUBLISH_HEADER)
@@ -243,6 +249,16 @@ async fn fetch(
         }
     }
     let last_ns = now_ns();
+    if encrypted {
+        let publish_ns = header_ns.ok_or("no publish time")?;
+        return Ok(Fetched::Chunk {
+            publish_ns,
+            first_ns,
+            last_ns,
+            len,
+            hit,
+        });
+    }
     if prefix.len() < 16 {
         return Err("short chunk");
     }

@@ -84,6 +84,9 @@ enum Cmd {
         /// Viewers share HTTP/2 connections.
         #[arg(long)]
         h2: bool,
+        /// Source addresses 127.0.0.1..N (0 = as many as needed).
+        #[arg(long, default_value_t = 0)]
+        sources: usize,
         /// Write the full results (histograms included) here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -204,6 +207,7 @@ async fn main() -> anyhow::Result<()> {
             cadence,
             chunk_size,
             h2,
+            sources,
             json,
         } => {
             anyhow::ensure!(
@@ -221,6 +225,7 @@ async fn main() -> anyhow::Result<()> {
                 chunk_size,
                 publish,
                 h2,
+                sources,
             };
             let report = demo::run(opts, ctrl_c()).await?;
             print!("{}", report.table());
