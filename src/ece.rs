@@ -158,7 +158,7 @@ pub fn encrypt(ikm: &[u8], salt: [u8; 16], rs: u32, keyid: &[u8], plaintext: &[u
     let mut records: Vec<(&[u8], usize)> = plaintext.chunks(per).map(|c| (c, 0)).collect();
     // A plaintext that fills its last record exactly still needs a final
     // record to carry the 0x02 delimiter.
-    if records.is_empty() || plaintext.len() % per == 0 {
+    if records.is_empty() || plaintext.len().is_multiple_of(per) {
         records.push((&[], 0));
     }
     encrypt_records(
@@ -188,7 +188,7 @@ pub struct Decoder<F> {
 
 enum State {
     Header,
-    Records { keys: Keys, rs: usize, seq: u64 },
+    Records { keys: Box<Keys>, rs: usize, seq: u64 },
     Done,
 }
 
@@ -225,7 +225,7 @@ impl<F: FnMut(&[u8]) -> Option<Vec<u8>>> Decoder<F> {
                     })?;
                     self.buf.drain(..used);
                     self.state = State::Records {
-                        keys: Keys::derive(&ikm, &h.salt),
+                        keys: Box::new(Keys::derive(&ikm, &h.salt)),
                         rs: h.rs as usize,
                         seq: 0,
                     };
