@@ -121,6 +121,10 @@ pub struct Cli {
     /// Do not start the long-poll for the chunk named by Link rel=next.
     #[arg(long = "no-prefetch")]
     pub no_prefetch: bool,
+    /// Unicast URL this relay gives in its probe answer (repeatable; default:
+    /// the address the probe arrived on).
+    #[arg(long, value_name = "URL")]
+    pub advertise: Vec<String>,
 }
 
 /// The resolved configuration. Field names are the TOML keys (kebab-case).
@@ -178,6 +182,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Follow Link rel=next ahead of viewers.
     pub prefetch: bool,
+    /// Unicast URLs for the probe answer.
+    pub advertise: Vec<String>,
 }
 
 impl Default for Config {
@@ -204,6 +210,7 @@ impl Default for Config {
             repoll_interval: Duration::from_millis(50),
             shutdown_grace: Duration::from_secs(10),
             prefetch: true,
+            advertise: Vec::new(),
         }
     }
 }
@@ -260,6 +267,9 @@ impl Config {
         }
         if !cli.upstream.is_empty() {
             c.upstream = cli.upstream;
+        }
+        if !cli.advertise.is_empty() {
+            c.advertise = cli.advertise;
         }
         if cli.no_prefetch {
             c.prefetch = false;

@@ -188,7 +188,11 @@ pub struct Decoder<F> {
 
 enum State {
     Header,
-    Records { keys: Box<Keys>, rs: usize, seq: u64 },
+    Records {
+        keys: Box<Keys>,
+        rs: usize,
+        seq: u64,
+    },
     Done,
 }
 

@@ -7,12 +7,14 @@
 //! holds every limit and timeout; [`metrics`] counts what happens.
 
 pub mod cache;
+pub mod client;
 pub mod config;
 pub mod ece;
 pub mod key;
 pub mod manifest;
 pub mod metrics;
 pub mod origin;
+pub mod probe;
 pub mod relay;
 pub mod server;
 pub mod slot;

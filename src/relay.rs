@@ -133,15 +133,16 @@ impl Relay {
     pub fn new(config: Config) -> Result<Arc<Relay>, SetupError> {
         let origins = OriginSet::parse(&config.allow_origin)?;
         let metrics = Arc::new(Metrics::new());
+        let id = config.id.clone().unwrap_or_else(random_id);
         let upstream = Upstream::new(
             &config.upstream,
+            id.clone(),
             Timeouts {
                 connect: config.connect_timeout,
                 head: config.upstream_hold,
             },
             metrics.clone(),
         )?;
-        let id = config.id.clone().unwrap_or_else(random_id);
         Ok(Arc::new(Relay {
             cache: Cache::new(
                 config.cache_size.as_u64() as usize,

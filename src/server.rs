@@ -162,8 +162,53 @@ fn full(b: impl Into<Bytes>) -> Body {
         .boxed_unsync()
 }
 
-/// Answers one downstream request.
-pub async fn handle(relay: Arc<Relay>, req: Request<Incoming>) -> Response<Body> {
+/// Answers the anycast probe: who this relay is, where to reach it by
+/// unicast, and whether it takes viewers.
+fn probe_answer(relay: &Relay, local: SocketAddr) -> Response<Body> {
+    let urls = if relay.config.advertise.is_empty() {
+        vec![format!("http://{local}")]
+    } else {
+        relay.config.advertise.clone()
+    };
+    let parked = relay.parked();
+    let max = relay.config.max_parked;
+    let answer = crate::probe::ProbeAnswer {
+        id: relay.id.clone(),
+        urls,
+        healthy: !relay.is_draining() && parked < max - max / 10,
+        draining: relay.is_draining(),
+        parked,
+        max_parked: max,
+    };
+    let mut resp = Response::new(full(serde_json::to_vec(&answer).unwrap_or_default()));
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    h.insert(X_CACHE, HeaderValue::from_static("MISS"));
+    resp
+}
+
+/// Answers one downstream request. `local` is the address the connection
+/// arrived on (an anycast address, for a probe).
+pub async fn handle(
+    relay: Arc<Relay>,
+    req: Request<Incoming>,
+    local: SocketAddr,
+) -> Response<Body> {
+    if req.uri().path() == crate::probe::WELL_KNOWN
+        && req
+            .uri()
+            .scheme()
+            .is_none_or(|_| req.version() == http::Version::HTTP_2)
+    {
+        return probe_answer(&relay, local);
+    }
     let span = tracing::debug_span!("request", method = %req.method(), uri = %req.uri(), key = tracing::field::Empty);
     async {
         match respond(&relay, req).await {
@@ -495,6 +540,7 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, shutdown: Cancellat
             },
         };
         let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr().unwrap_or(relay.config.listen);
         let io = TokioIo::new(StallGuard::new(tcp, relay.config.send_timeout));
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             refuse(&relay, &builder, io, peer);
@@ -503,7 +549,7 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, shutdown: Cancellat
         let r = relay.clone();
         let svc = service_fn(move |req| {
             let r = r.clone();
-            async move { Ok::<_, Infallible>(handle(r, req).await) }
+            async move { Ok::<_, Infallible>(handle(r, req, local).await) }
         });
         let conn = graceful.watch(builder.serve_connection(io, svc).into_owned());
         let metrics = relay.metrics.clone();

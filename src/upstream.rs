@@ -52,7 +52,7 @@ pub enum UpstreamError {
     #[error("origin scheme {0} is not supported by this relay")]
     UnsupportedScheme(&'static str),
     /// A parent URL in the configuration is unusable.
-    #[error("invalid upstream {0:?}: expected http://HOST:PORT")]
+    #[error("invalid upstream {0:?}: expected http://HOST:PORT or probe:IP:PORT")]
     BadParent(String),
 }
 
@@ -87,6 +87,8 @@ pub struct Timeouts {
 struct Parent {
     url: String,
     addr: String,
+    /// `probe:ADDR`: the parent is whichever relay answers the anycast probe.
+    probe: Option<std::net::SocketAddr>,
     conn: Mutex<Option<SendRequest<Empty<Bytes>>>>,
     down_until: Mutex<Option<Instant>>,
 }
@@ -102,12 +104,38 @@ impl Parent {
     }
 
     /// The shared HTTP/2 connection, opened on first use or after a failure.
-    async fn sender(&self, connect: Duration) -> Result<SendRequest<Empty<Bytes>>, String> {
+    async fn sender(
+        &self,
+        connect: Duration,
+        own_id: &str,
+    ) -> Result<SendRequest<Empty<Bytes>>, String> {
         let cached = self.conn.lock().clone();
         if let Some(s) = cached.filter(|s| !s.is_closed()) {
             return Ok(s);
         }
-        let tcp = tokio::time::timeout(connect, TcpStream::connect(&self.addr))
+        let addr = match self.probe {
+            None => self.addr.clone(),
+            Some(anycast) => {
+                let answer = crate::probe::probe(anycast, crate::probe::DEFAULT_TIMEOUT)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if answer.id == own_id {
+                    return Err(format!("probe {anycast} found this relay itself"));
+                }
+                if !answer.healthy {
+                    return Err(format!(
+                        "probe {anycast}: relay {} is not healthy",
+                        answer.id
+                    ));
+                }
+                let a = answer
+                    .unicast()
+                    .ok_or_else(|| format!("probe {anycast}: no usable URL"))?;
+                tracing::info!(%anycast, parent = %answer.id, unicast = %a, "found parent by probe");
+                a.to_string()
+            }
+        };
+        let tcp = tokio::time::timeout(connect, TcpStream::connect(&addr))
             .await
             .map_err(|_| format!("connect to {} timed out", self.url))?
             .map_err(|e| format!("connect to {}: {e}", self.url))?;
@@ -134,6 +162,7 @@ impl Parent {
 
 /// The parent relays and the origin client.
 pub struct Upstream {
+    own_id: String,
     parents: Vec<Parent>,
     origin: Client<HttpConnector, Empty<Bytes>>,
     timeouts: Timeouts,
@@ -144,12 +173,23 @@ impl Upstream {
     /// Builds the client for `parents` (URLs such as `http://10.0.0.1:8080`).
     pub fn new(
         parents: &[String],
+        own_id: String,
         timeouts: Timeouts,
         metrics: Arc<Metrics>,
     ) -> Result<Upstream, UpstreamError> {
         let parents = parents
             .iter()
             .map(|p| {
+                if let Some(a) = p.strip_prefix("probe:") {
+                    let addr = a.parse().map_err(|_| UpstreamError::BadParent(p.clone()))?;
+                    return Ok(Parent {
+                        url: p.clone(),
+                        addr: String::new(),
+                        probe: Some(addr),
+                        conn: Mutex::new(None),
+                        down_until: Mutex::new(None),
+                    });
+                }
                 let uri: Uri = p.parse().map_err(|_| UpstreamError::BadParent(p.clone()))?;
                 if uri.scheme_str() != Some("http") || !matches!(uri.path(), "" | "/") {
                     return Err(UpstreamError::BadParent(p.clone()));
@@ -161,6 +201,7 @@ impl Upstream {
                 Ok(Parent {
                     url: p.clone(),
                     addr: format!("{}:{}", auth.host().trim_matches(['[', ']']), port),
+                    probe: None,
                     conn: Mutex::new(None),
                     down_until: Mutex::new(None),
                 })
@@ -173,6 +214,7 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
         Ok(Upstream {
+            own_id,
             parents,
             origin,
             timeouts,
@@ -221,7 +263,7 @@ impl Upstream {
         key: &ChunkKey,
         via: &HeaderValue,
     ) -> Result<Response<Incoming>, String> {
-        let mut sender = parent.sender(self.timeouts.connect).await?;
+        let mut sender = parent.sender(self.timeouts.connect, &self.own_id).await?;
         let req = Request::get(format!("http://{}{}", key.authority, key.path))
             .version(http::Version::HTTP_2)
             .header(http::header::VIA, via.clone())
