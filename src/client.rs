@@ -360,10 +360,7 @@ impl Client {
                 tokio::time::sleep(Duration::from_millis(200 * round as u64)).await;
                 tried.clear();
             }
-            loop {
-                let Some(src) = self.sources(name).into_iter().find(|s| !tried.contains(s)) else {
-                    break;
-                };
+            while let Some(src) = self.sources(name).into_iter().find(|s| !tried.contains(s)) {
                 tried.insert(src.clone());
                 let attempt = tokio::time::timeout(
                     self.cfg.fetch_timeout,
@@ -523,6 +520,7 @@ impl Client {
 
 /// How one attempt failed: the source's fault (try the next one) or the
 /// output's (stop).
+#[derive(Debug)]
 enum Fail {
     Source(String),
     Output(std::io::Error),
