@@ -468,7 +468,7 @@ impl Client {
         let mut body = resp.into_body();
         let mut pos = 0u64; // plaintext offset within this attempt
         let mut head: Vec<u8> = Vec::new();
-        let mut dec: Option<Decoder<Box<dyn FnMut(&[u8]) -> Option<Vec<u8>> + Send>>> = None;
+        let mut dec: Option<KeyedDecoder> = None;
         loop {
             let frame = match body.frame().await {
                 None => break,
@@ -490,8 +490,7 @@ impl Client {
                     .key_for(name, &h)
                     .await
                     .map_err(|e| format!("key: {e}"))?;
-                let mut d: Decoder<Box<dyn FnMut(&[u8]) -> Option<Vec<u8>> + Send>> =
-                    Decoder::new(Box::new(move |_| Some(key.clone())));
+                let mut d: KeyedDecoder = Decoder::new(Box::new(move |_| Some(key.clone())));
                 let p = d
                     .push(&std::mem::take(&mut head))
                     .map_err(|e| e.to_string())?;
@@ -517,6 +516,9 @@ impl Client {
         self.key(&name.authority, &keyid).await
     }
 }
+
+/// A decoder that already holds the one key its chunk needs.
+type KeyedDecoder = Decoder<Box<dyn FnMut(&[u8]) -> Option<Vec<u8>> + Send>>;
 
 /// How one attempt failed: the source's fault (try the next one) or the
 /// output's (stop).
