@@ -194,3 +194,99 @@ pub async fn metric(admin: SocketAddr, sample: &str) -> f64 {
         .map(|v| v.trim().parse().unwrap())
         .unwrap_or(0.0)
 }
+
+/// What an in-test TCP proxy does to the bytes going back to the client.
+#[derive(Clone, Copy, Debug)]
+pub enum Tamper {
+    /// Pass everything through.
+    None,
+    /// Flip one bit of the byte at this offset of each response stream.
+    FlipAt(usize),
+    /// Close both sides after this many bytes of each response stream.
+    CutAfter(usize),
+}
+
+/// A TCP proxy to `target` that records every byte in both directions and
+/// can tamper with what flows back. Returns its address and the recording.
+pub async fn proxy(
+    target: SocketAddr,
+    tamper: Tamper,
+) -> (SocketAddr, std::sync::Arc<parking_lot::Mutex<Vec<u8>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let rec = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((down, _)) = listener.accept().await {
+            let Ok(up) = TcpStream::connect(target).await else {
+                continue;
+            };
+            let (mut dr, mut dw) = down.into_split();
+            let (mut ur, mut uw) = up.into_split();
+            let r1 = rec.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16384];
+                while let Ok(n) = dr.read(&mut buf).await {
+                    if n == 0 || uw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    r1.lock().extend_from_slice(&buf[..n]);
+                }
+                let _ = uw.shutdown().await;
+            });
+            let r2 = rec.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16384];
+                let mut pos = 0usize;
+                while let Ok(n) = ur.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    r2.lock().extend_from_slice(&buf[..n]);
+                    match tamper {
+                        Tamper::FlipAt(at) if at >= pos && at < pos + n => buf[at - pos] ^= 0x01,
+                        Tamper::CutAfter(limit) if pos + n > limit => {
+                            let keep = limit.saturating_sub(pos);
+                            let _ = dw.write_all(&buf[..keep]).await;
+                            return; // dropping both halves closes the connection
+                        }
+                        _ => {}
+                    }
+                    pos += n;
+                    if dw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = dw.shutdown().await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// An encrypting origin with its TLS API, on an ephemeral port.
+pub async fn secure_origin(f: impl FnOnce(&mut OriginConfig)) -> (OriginHandle, String) {
+    let pki = mlcache::tls::TestPki::generate(&["127.0.0.1".to_string(), "localhost".to_string()])
+        .unwrap();
+    let ca = pki.ca_pem.clone();
+    let origin = origin_with(|c| {
+        c.encryption = Some(mlcache::origin::Encryption::random(4, 1024));
+        c.tls = Some(pki.server);
+        c.token = Some("test-token".into());
+        f(c);
+    })
+    .await;
+    (origin, ca)
+}
+
+/// A client config for `origin` trusting `ca`.
+pub fn client_config(origin: &OriginHandle, ca: &str) -> mlcache::client::ClientConfig {
+    mlcache::client::ClientConfig {
+        api: Some(format!("https://{}", origin.addr)),
+        token: "test-token".into(),
+        ca_pem: Some(ca.as_bytes().to_vec()),
+        fetch_timeout: Duration::from_secs(10),
+        ..Default::default()
+    }
+}
