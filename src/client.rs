@@ -33,6 +33,9 @@ use crate::probe;
 const MAX_DOC: usize = 4 << 20;
 /// How often a whole round of sources is retried for one chunk.
 const ROUNDS: usize = 3;
+/// Without a nearest relay, probe again at most this often: routing may have
+/// converged on another relay since.
+const REPROBE: Duration = Duration::from_secs(2);
 
 /// Why the client failed.
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +181,7 @@ pub struct Client {
     tls: Arc<rustls::ClientConfig>,
     keys: Mutex<HashMap<String, Vec<u8>>>,
     nearest: Mutex<Option<SocketAddr>>,
+    probed: Mutex<Option<std::time::Instant>>,
     events: Mutex<Vec<Event>>,
     served: Mutex<BTreeMap<Source, u64>>,
 }
@@ -197,6 +201,7 @@ impl Client {
             tls,
             keys: Mutex::new(HashMap::new()),
             nearest: Mutex::new(None),
+            probed: Mutex::new(None),
             events: Mutex::new(Vec::new()),
             served: Mutex::new(BTreeMap::new()),
         };
@@ -207,6 +212,7 @@ impl Client {
     /// Probes the anycast address; remembers the relay it names if healthy.
     pub async fn discover(&self) -> Option<SocketAddr> {
         let anycast = self.cfg.probe?;
+        *self.probed.lock() = Some(std::time::Instant::now());
         let found = match probe::probe(anycast, self.cfg.probe_timeout).await {
             Ok(a) if a.healthy => {
                 let u = a.unicast();
@@ -352,6 +358,10 @@ impl Client {
         name: &Name,
         out: &mut W,
     ) -> Result<Fetched, ClientError> {
+        let stale = self.probed.lock().is_some_and(|t| t.elapsed() >= REPROBE);
+        if self.nearest().is_none() && stale {
+            self.discover().await;
+        }
         let mut written = 0u64;
         let mut last = String::new();
         let mut tried: HashSet<Source> = HashSet::new();
