@@ -143,18 +143,20 @@ struct EdgeInfo {
     chunk_size: usize,
 }
 
-async fn edge_info(origin: SocketAddr, stream: usize) -> Result<EdgeInfo, String> {
+/// GETs `path` from the origin (directly, never through a relay) and parses
+/// its JSON.
+async fn origin_json<T: serde::de::DeserializeOwned>(
+    origin: SocketAddr,
+    path: &str,
+) -> Result<T, String> {
     let mut c = Client::open(origin, None, false).await?;
-    let req = Request::get(format!("/live/{stream}"))
+    let req = Request::get(path)
         .header("host", origin.to_string())
         .body(Empty::new())
         .unwrap();
     let resp = c.send(req).await.map_err(|e| e.to_string())?;
     if resp.status() != StatusCode::OK {
-        return Err(format!(
-            "origin answered {} for /live/{stream}",
-            resp.status()
-        ));
+        return Err(format!("origin answered {} for {path}", resp.status()));
     }
     let body = resp
         .into_body()
@@ -162,7 +164,11 @@ async fn edge_info(origin: SocketAddr, stream: usize) -> Result<EdgeInfo, String
         .await
         .map_err(|e| e.to_string())?
         .to_bytes();
-    serde_json::from_slice(&body).map_err(|e| format!("bad edge info: {e}"))
+    serde_json::from_slice(&body).map_err(|e| format!("bad JSON from {path}: {e}"))
+}
+
+async fn edge_info(origin: SocketAddr, stream: usize) -> Result<EdgeInfo, String> {
+    origin_json(origin, &format!("/live/{stream}")).await
 }
 
 /// Reads the origin's per-path request counts from `/stats`.
@@ -173,21 +179,9 @@ pub async fn origin_stats(
     struct Stats {
         requests: std::collections::HashMap<String, u64>,
     }
-    let mut c = Client::open(origin, None, false).await?;
-    let req = Request::get("/stats")
-        .header("host", origin.to_string())
-        .body(Empty::new())
-        .unwrap();
-    let resp = c.send(req).await.map_err(|e| e.to_string())?;
-    let body = resp
-        .into_body()
-        .collect()
+    origin_json::<Stats>(origin, "/stats")
         .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    serde_json::from_slice::<Stats>(&body)
         .map(|s| s.requests)
-        .map_err(|e| e.to_string())
 }
 
 enum Fetched {
