@@ -121,6 +121,9 @@ pub struct Cli {
     /// Do not start the long-poll for the chunk named by Link rel=next.
     #[arg(long = "no-prefetch")]
     pub no_prefetch: bool,
+    /// CA certificate (PEM) to trust for https origins (default: webpki roots).
+    #[arg(long = "origin-ca", value_name = "FILE")]
+    pub origin_ca: Option<PathBuf>,
     /// Unicast URL this relay gives in its probe answer (repeatable; default:
     /// the address the probe arrived on).
     #[arg(long, value_name = "URL")]
@@ -184,6 +187,8 @@ pub struct Config {
     pub prefetch: bool,
     /// Unicast URLs for the probe answer.
     pub advertise: Vec<String>,
+    /// Trust roots for https origins.
+    pub origin_ca: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -211,6 +216,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
             prefetch: true,
             advertise: Vec::new(),
+            origin_ca: None,
         }
     }
 }
@@ -267,6 +273,9 @@ impl Config {
         }
         if !cli.upstream.is_empty() {
             c.upstream = cli.upstream;
+        }
+        if cli.origin_ca.is_some() {
+            c.origin_ca = cli.origin_ca;
         }
         if !cli.advertise.is_empty() {
             c.advertise = cli.advertise;

@@ -40,6 +40,9 @@ pub enum SetupError {
     /// Bad `--upstream`.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// `--origin-ca` could not be read.
+    #[error("cannot read --origin-ca {0}: {1}")]
+    OriginCa(std::path::PathBuf, std::io::Error),
 }
 
 /// Whether a response is the protocol's "not yet": 404 plus the marker header.
@@ -134,9 +137,14 @@ impl Relay {
         let origins = OriginSet::parse(&config.allow_origin)?;
         let metrics = Arc::new(Metrics::new());
         let id = config.id.clone().unwrap_or_else(random_id);
+        let origin_ca = match &config.origin_ca {
+            Some(p) => Some(std::fs::read(p).map_err(|e| SetupError::OriginCa(p.clone(), e))?),
+            None => None,
+        };
         let upstream = Upstream::new(
             &config.upstream,
             id.clone(),
+            origin_ca.as_deref(),
             Timeouts {
                 connect: config.connect_timeout,
                 head: config.upstream_hold,

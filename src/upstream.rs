@@ -5,8 +5,9 @@
 //! parent, so every in-flight long-poll to a parent shares one TCP connection.
 //! The request names the chunk CDN style (`:authority` = origin, `:path` =
 //! path-and-query) and carries `Via`, so the parent applies its own allow-list
-//! and loop check. Origins are plain HTTP/1.1 through a pooled client, because
-//! any web server must do.
+//! and loop check. Origins are HTTP/1.1, because any web server must do:
+//! `http://` ones through a pooled client, `https://` ones over rustls
+//! (webpki roots, or `--origin-ca`).
 //!
 //! A parent that refuses the connection, drops it, times out or answers 503
 //! is skipped; one that cannot be reached is marked down for a short while so
@@ -48,9 +49,9 @@ pub enum UpstreamError {
         /// How long the relay waited.
         after: Duration,
     },
-    /// The origin's scheme cannot be fetched by this build.
-    #[error("origin scheme {0} is not supported by this relay")]
-    UnsupportedScheme(&'static str),
+    /// The TLS trust roots for https origins could not be set up.
+    #[error("TLS for https origins: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// A parent URL in the configuration is unusable.
     #[error("invalid upstream {0:?}: expected http://HOST:PORT or probe:IP:PORT")]
     BadParent(String),
@@ -163,6 +164,7 @@ impl Parent {
 /// The parent relays and the origin client.
 pub struct Upstream {
     own_id: String,
+    tls: Arc<rustls::ClientConfig>,
     parents: Vec<Parent>,
     origin: Client<HttpConnector, Empty<Bytes>>,
     timeouts: Timeouts,
@@ -174,9 +176,11 @@ impl Upstream {
     pub fn new(
         parents: &[String],
         own_id: String,
+        origin_ca: Option<&[u8]>,
         timeouts: Timeouts,
         metrics: Arc<Metrics>,
     ) -> Result<Upstream, UpstreamError> {
+        let tls = crate::tls::client_config(origin_ca)?;
         let parents = parents
             .iter()
             .map(|p| {
@@ -215,6 +219,7 @@ impl Upstream {
             .build(connector);
         Ok(Upstream {
             own_id,
+            tls,
             parents,
             origin,
             timeouts,
@@ -283,20 +288,58 @@ impl Upstream {
         }
     }
 
+    /// One request over a fresh TLS connection to an `https://` origin.
+    async fn ask_over_tls(
+        &self,
+        origin: &Origin,
+        req: Request<Empty<Bytes>>,
+    ) -> Result<Response<Incoming>, String> {
+        let addr = format!("{}:{}", origin.host.trim_matches(['[', ']']), origin.port);
+        let tcp = tokio::time::timeout(self.timeouts.connect, TcpStream::connect(&addr))
+            .await
+            .map_err(|_| format!("connect to {addr} timed out"))?
+            .map_err(|e| format!("connect to {addr}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let name = rustls::pki_types::ServerName::try_from(
+            origin.host.trim_matches(['[', ']']).to_string(),
+        )
+        .map_err(|e| format!("TLS name {}: {e}", origin.host))?;
+        let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS with {addr}: {e}"))?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        send.send_request(req).await.map_err(|e| e.to_string())
+    }
+
     async fn ask_origin(
         &self,
         key: &ChunkKey,
         origin: &Origin,
         via: &HeaderValue,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        if origin.scheme == Scheme::Https {
-            return Err(UpstreamError::UnsupportedScheme("https"));
-        }
-        let req = Request::get(origin.url(&key.path))
+        let url = match origin.scheme {
+            Scheme::Http => origin.url(&key.path),
+            // hyper sends the path and a Host header on a TLS connection.
+            Scheme::Https => key.path.clone(),
+        };
+        let req = Request::get(url)
+            .header(http::header::HOST, origin.host_header())
             .header(http::header::VIA, via.clone())
             .body(Empty::new())
             .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
-        match tokio::time::timeout(self.timeouts.head, self.origin.request(req)).await {
+        let sent = async {
+            match origin.scheme {
+                Scheme::Http => self.origin.request(req).await.map_err(|e| e.to_string()),
+                Scheme::Https => self.ask_over_tls(origin, req).await,
+            }
+        };
+        match tokio::time::timeout(self.timeouts.head, sent).await {
             Err(_) => {
                 self.metrics.upstream("origin", "timeout");
                 Err(UpstreamError::Timeout {

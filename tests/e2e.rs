@@ -263,3 +263,29 @@ async fn api_refuses_bad_tokens_and_unknown_keys() {
     .unwrap();
     assert_eq!(plain.status, http::StatusCode::FORBIDDEN);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_fetches_https_origins_with_the_configured_ca() {
+    let pki = mlcache::tls::TestPki::generate(&["127.0.0.1".to_string()]).unwrap();
+    let ca_file =
+        std::env::temp_dir().join(format!("mlcache-origin-ca-{}.pem", std::process::id()));
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+    let origin = origin_with(|c| c.tls = Some(pki.server)).await;
+    let mut cfg = relay_config(&format!("https://{}", origin.addr));
+    cfg.origin_ca = Some(ca_file.clone());
+    let r = relay(cfg).await;
+    for expect in ["MISS", "HIT"] {
+        let got = h1(r.addr, proxy_get(origin.addr, "/vod/6")).await.unwrap();
+        assert_eq!(got.status, http::StatusCode::OK);
+        assert_eq!(got.x_cache(), expect);
+        assert!(got.bytes()[..] == vod(6)[..]);
+    }
+    assert_eq!(origin.requests("/vod/6"), 1);
+    // Without the CA the origin's certificate is not trusted: 502, not a body.
+    let untrusted = relay(relay_config(&format!("https://{}", origin.addr))).await;
+    let got = h1(untrusted.addr, proxy_get(origin.addr, "/vod/7"))
+        .await
+        .unwrap();
+    assert_eq!(got.status, http::StatusCode::BAD_GATEWAY);
+    std::fs::remove_file(ca_file).ok();
+}
