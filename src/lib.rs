@@ -83,6 +83,32 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     })
 }
 
+/// Raises this process's soft open-file limit to its hard limit, and returns
+/// `(soft, hard)`. A relay needs one descriptor per viewer, and many systems
+/// start processes with a soft limit of 1,024.
+pub fn raise_fd_limit() -> (u64, u64) {
+    // SAFETY: getrlimit/setrlimit only read and write the local struct.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return (0, 0);
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+        (lim.rlim_cur, lim.rlim_max)
+    }
+}
+
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_tracing() {
     use std::io::IsTerminal;
@@ -109,6 +135,14 @@ pub async fn until_signal() -> std::io::Result<()> {
 /// `listening ADDR` (and `admin ADDR`) on stdout first, so scripts that start
 /// it on port 0 learn where it is.
 pub async fn run(config: Config) -> Result<(), StartError> {
+    let (soft, _) = raise_fd_limit();
+    if (soft as usize) < config.max_connections + 64 {
+        tracing::warn!(
+            fd_limit = soft,
+            max_connections = config.max_connections,
+            "the open-file limit is below --max-connections: connections beyond it will fail to be accepted"
+        );
+    }
     let running = start(config).await?;
     println!("listening {}", running.addr);
     if let Some(a) = running.admin {

@@ -140,6 +140,8 @@ impl Default for DemoOpts {
 
 /// Starts origin, relay A and relay B, runs the live load, stops them all.
 pub async fn run(opts: DemoOpts, cancel: CancellationToken) -> anyhow::Result<LiveReport> {
+    // Before any child starts, so the relays inherit the raised limit too.
+    crate::sys::raise_fd_limit();
     let s = |v: &str| v.to_string();
     let origin = spawn(
         "origin",

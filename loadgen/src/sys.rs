@@ -3,30 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-/// Raises the soft open-file limit to the hard limit and returns the result
-/// `(soft, hard)`.
-pub fn raise_fd_limit() -> (u64, u64) {
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
-    unsafe {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return (0, 0);
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                lim.rlim_cur = lim.rlim_max;
-            }
-        }
-        (lim.rlim_cur, lim.rlim_max)
-    }
-}
+pub use mlcache::raise_fd_limit;
 
 /// CPU time (user + system) this process has used.
 pub fn own_cpu() -> Duration {
