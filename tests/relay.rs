@@ -581,3 +581,44 @@ async fn sigterm_lets_inflight_bodies_finish_then_exits_zero() {
     .unwrap();
     assert!(status.success(), "exit status {status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_next_is_prefetched_only_while_the_stream_has_viewers() {
+    let origin = origin_with(held_origin).await;
+    let r = relay(relay_config(&origin.url())).await;
+    let first = tokio::spawn({
+        let (a, o) = (r.addr, origin.addr);
+        async move { h1(a, proxy_get(o, "/live/0/0")).await }
+    });
+    until(LONG, "viewer parked", || r.relay.parked() == 1).await;
+    origin.publish(0);
+    assert_eq!(first.await.unwrap().unwrap().status, StatusCode::OK);
+    // Chunk 0 had a viewer and named chunk 1 as next: its long-poll starts
+    // with no viewer asking.
+    until(LONG, "prefetch of chunk 1", || {
+        origin.requests("/live/0/1") == 1
+    })
+    .await;
+    // A viewer that now asks for chunk 1 joins that long-poll.
+    let second = tokio::spawn({
+        let (a, o) = (r.addr, origin.addr);
+        async move { h1(a, proxy_get(o, "/live/0/1")).await }
+    });
+    until(LONG, "viewer joined the prefetch", || r.relay.parked() == 1).await;
+    origin.publish(0);
+    let got = second.await.unwrap().unwrap();
+    assert_eq!((got.status, got.x_cache()), (StatusCode::OK, "COALESCED"));
+    assert_eq!(origin.requests("/live/0/1"), 1);
+    // Chunk 1 had a viewer, so chunk 2 is prefetched too; chunk 2 then
+    // arrives with nobody watching, so the chain stops there.
+    until(LONG, "prefetch of chunk 2", || {
+        origin.requests("/live/0/2") == 1
+    })
+    .await;
+    origin.publish(0);
+    until(LONG, "every slot retired", || {
+        r.relay.metrics.open_slots.get() == 0
+    })
+    .await;
+    assert_eq!(origin.requests("/live/0/3"), 0, "no viewers, no prefetch");
+}
