@@ -622,3 +622,92 @@ async fn link_next_is_prefetched_only_while_the_stream_has_viewers() {
     .await;
     assert_eq!(origin.requests("/live/0/3"), 0, "no viewers, no prefetch");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_gets_4xx_and_never_kills_the_relay() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = manual_origin().await;
+    let r = relay(relay_config(&origin.url())).await;
+    let o = origin.addr;
+    let text = |s: String| s.into_bytes();
+    let mut bad_via = text(format!("GET /x HTTP/1.1\r\nHost: {o}\r\nVia: "));
+    bad_via.extend_from_slice(b"\xff\xfe\r\n\r\n");
+    // (request bytes, expected start of the answer)
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"\x00\x01\x02garbage\r\n\r\n".to_vec(), "HTTP/1.1 400"),
+        (
+            b"GET ftp://x/y HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            "HTTP/1.1 403",
+        ),
+        (
+            b"CONNECT 127.0.0.1:443 HTTP/1.1\r\nHost: 127.0.0.1:443\r\n\r\n".to_vec(),
+            "HTTP/1.1 405",
+        ),
+        (b"GET * HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), "HTTP/1.1 4"),
+        (
+            b"GET /mlcache/ HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            "HTTP/1.1 400",
+        ),
+        (
+            b"GET /mlcache//x HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            "HTTP/1.1 400",
+        ),
+        (
+            text(format!(
+                "GET /mlcache/{o}/../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n"
+            )),
+            "HTTP/1.1 400",
+        ),
+        (
+            b"GET /x HTTP/1.1\r\nHost: [::1\r\n\r\n".to_vec(),
+            "HTTP/1.1 400",
+        ),
+        (
+            b"GET /x HTTP/1.1\r\nHost: a b\r\n\r\n".to_vec(),
+            "HTTP/1.1 400",
+        ),
+        (
+            b"GET /x HTTP/1.1\r\nHost: 127.0.0.1:99999\r\n\r\n".to_vec(),
+            "HTTP/1.1 400",
+        ),
+        (bad_via, "HTTP/1.1 "),
+        (
+            text(format!(
+                "GET /x HTTP/1.1\r\nHost: {o}\r\nX: {}\r\n\r\n",
+                "a".repeat(100_000)
+            )),
+            "HTTP/1.1 431",
+        ),
+        (
+            text(format!(
+                "GET /vod/1 HTTP/1.1\r\nHost: {o}\r\nRange: bytes=99999999999999999999-\r\n\r\n"
+            )),
+            "HTTP/1.1 200",
+        ),
+    ];
+    for (req, expect) in cases {
+        let mut s = tokio::net::TcpStream::connect(r.addr).await.unwrap();
+        let _ = s.write_all(&req).await;
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(LONG, s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        let head = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert!(
+            head.starts_with(expect),
+            "{:?} -> {head:?}",
+            String::from_utf8_lossy(&req[..req.len().min(60)])
+        );
+    }
+    // A broken HTTP/2 preface is closed at the protocol level, never answered 2xx.
+    let mut s = tokio::net::TcpStream::connect(r.addr).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00garbage")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let _ = tokio::time::timeout(LONG, s.read(&mut buf)).await.unwrap();
+    // Still serving.
+    let got = h1(r.addr, proxy_get(o, "/vod/1")).await.unwrap();
+    assert_eq!(got.status, StatusCode::OK);
+}
