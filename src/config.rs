@@ -73,7 +73,7 @@ pub struct Cli {
     /// TOML file with any of the settings below (flags win).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// This relay's id in Via headers (default: mlcache-<random>).
+    /// This relay's id in Via headers (default: `mlcache-` and 8 random hex digits).
     #[arg(long)]
     pub id: Option<String>,
     /// Largest object the relay will buffer and cache.

@@ -5,7 +5,7 @@
 //! A chunk `mlcache://AUTHORITY/PATH` reaches a relay in one of three shapes:
 //! forward-proxy absolute form (`GET http://AUTHORITY/PATH`), CDN style
 //! (`Host:` or `:authority` names the origin), or the path form
-//! `GET /mlcache/AUTHORITY/PATH`. [`ChunkKey::from_request`] folds all three into
+//! `GET /mlcache/AUTHORITY/PATH`. [`RawKey::from_request`] folds all three into
 //! `(authority, path-and-query)`, and [`OriginSet::resolve`] checks the
 //! authority against `--allow-origin` and canonicalises it, so that
 //! `example.com` and `example.com:80` share one cache entry.

@@ -211,8 +211,15 @@ impl Relay {
     }
 
     /// Answers from the cache, joins the open slot, or opens one and starts its
-    /// single upstream fetch. `via` is the Via value for the upstream request.
-    pub fn lookup(self: &Arc<Self>, key: &ChunkKey, origin: &Origin, via: HeaderValue) -> Lookup {
+    /// single upstream fetch. `via` makes the Via value for the upstream
+    /// request; it is called only when a fetch starts, so hits and joins
+    /// allocate nothing for it.
+    pub fn lookup(
+        self: &Arc<Self>,
+        key: &ChunkKey,
+        origin: &Origin,
+        via: impl FnOnce() -> HeaderValue,
+    ) -> Lookup {
         let mut slots = self.slots.lock();
         if let Some(entry) = self.cache.get(key) {
             return Lookup::Hit(entry);
@@ -223,7 +230,7 @@ impl Relay {
                 opened: false,
             };
         }
-        let slot = self.open(&mut slots, key.clone(), origin.clone(), via);
+        let slot = self.open(&mut slots, key.clone(), origin.clone(), via());
         Lookup::Slot { slot, opened: true }
     }
 

@@ -232,7 +232,9 @@ async fn respond(
         Method::HEAD => true,
         ref m => return Err(RequestError::Method(m.clone())),
     };
-    let header_bytes: usize = req.uri().to_string().len()
+    let uri = req.uri();
+    let header_bytes: usize = uri.path_and_query().map_or(0, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len())
         + req
             .headers()
             .iter()
@@ -249,8 +251,7 @@ async fn respond(
     let (key, origin) = relay.origins.resolve(&raw)?;
     tracing::Span::current().record("key", tracing::field::display(&key));
     let range = req.headers().get(http::header::RANGE).cloned();
-    let via_up = relay.via_upstream(via.iter());
-    match relay.lookup(&key, &origin, via_up) {
+    match relay.lookup(&key, &origin, || relay.via_upstream(via.iter())) {
         Lookup::Hit(entry) => {
             relay.metrics.request(Outcome::Hit);
             serve_entry(relay, &entry, range.as_ref(), head_only)
