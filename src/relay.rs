@@ -40,6 +40,9 @@ pub enum SetupError {
     /// Bad `--upstream`.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// The id cannot go into a header.
+    #[error("relay id {0:?} is not a valid header token")]
+    BadId(String),
     /// `--origin-ca` could not be read.
     #[error("cannot read --origin-ca {0}: {1}")]
     OriginCa(std::path::PathBuf, std::io::Error),
@@ -125,6 +128,8 @@ pub struct Relay {
     pub metrics: Arc<Metrics>,
     /// This relay's Via pseudonym.
     pub id: String,
+    /// `1.1 <id>`, this relay's Via entry.
+    pub via_entry: HeaderValue,
     slots: Mutex<HashMap<ChunkKey, Arc<Slot>>>,
     upstream: Upstream,
     parked: AtomicUsize,
@@ -158,6 +163,8 @@ impl Relay {
             ),
             origins,
             metrics,
+            via_entry: HeaderValue::from_str(&format!("1.1 {id}"))
+                .map_err(|_| SetupError::BadId(id.clone()))?,
             id,
             slots: Mutex::new(HashMap::new()),
             upstream,
@@ -178,10 +185,11 @@ impl Relay {
     /// The Via value to send upstream: the request's hops plus this relay.
     pub fn via_upstream<'a>(&self, via: impl Iterator<Item = &'a HeaderValue>) -> HeaderValue {
         let mut hops: Vec<&str> = via.filter_map(|v| v.to_str().ok()).collect();
-        let me = format!("1.1 {}", self.id);
-        hops.push(&me);
-        HeaderValue::from_str(&hops.join(", "))
-            .unwrap_or_else(|_| HeaderValue::from_str(&me).expect("id is validated ASCII"))
+        if hops.is_empty() {
+            return self.via_entry.clone();
+        }
+        hops.push(self.via_entry.to_str().expect("built from an ASCII id"));
+        HeaderValue::from_str(&hops.join(", ")).unwrap_or_else(|_| self.via_entry.clone())
     }
 
     /// Marks the relay as draining (health checks then fail).

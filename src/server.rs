@@ -296,9 +296,7 @@ fn response_head(relay: &Relay, head: &Head, x_cache: &'static str) -> Response<
 }
 
 fn append_via(relay: &Relay, h: &mut http::HeaderMap) {
-    if let Ok(v) = HeaderValue::from_str(&format!("1.1 {}", relay.id)) {
-        h.append(http::header::VIA, v);
-    }
+    h.append(http::header::VIA, relay.via_entry.clone());
 }
 
 /// One viewer's response body: pieces from the slot as they arrive. The
