@@ -680,11 +680,12 @@ impl LiveReport {
         for g in &self.groups {
             let errs: u64 = g.errors.values().sum();
             let proc = match (g.process_cpu_percent, g.process_rss_bytes) {
-                (Some(c), Some(r)) => format!(
+                (Some(c), Some(r)) if g.viewers >= 1000 => format!(
                     "CPU {c:.0}%, RSS {:.1} MiB ({:.2} MiB per 1,000 viewers)",
                     r as f64 / 1048576.0,
-                    r as f64 / 1048576.0 / (g.viewers.max(1) as f64 / 1000.0)
+                    r as f64 / 1048576.0 / (g.viewers as f64 / 1000.0)
                 ),
+                (Some(c), Some(r)) => format!("CPU {c:.0}%, RSS {:.1} MiB", r as f64 / 1048576.0),
                 (Some(c), None) => format!("CPU {c:.0}%"),
                 _ => String::new(),
             };
