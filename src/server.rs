@@ -132,18 +132,8 @@ impl RequestError {
         } else {
             tracing::info!(error = %self, %status, "request refused");
         }
-        let mut resp = Response::new(full(format!("{self}\n")));
-        *resp.status_mut() = status;
+        let mut resp = local_response(status, "text/plain; charset=utf-8", format!("{self}\n"));
         let h = resp.headers_mut();
-        h.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        h.insert(
-            http::header::CACHE_CONTROL,
-            HeaderValue::from_static("no-store"),
-        );
-        h.insert(X_CACHE, HeaderValue::from_static("MISS"));
         if status == StatusCode::SERVICE_UNAVAILABLE {
             h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
@@ -180,11 +170,26 @@ fn probe_answer(relay: &Relay, local: SocketAddr) -> Response<Body> {
         parked,
         max_parked: max,
     };
-    let mut resp = Response::new(full(serde_json::to_vec(&answer).unwrap_or_default()));
+    local_response(
+        StatusCode::OK,
+        "application/json",
+        serde_json::to_vec(&answer).unwrap_or_default(),
+    )
+}
+
+/// A response the relay makes itself (errors, probe, admin): never cached
+/// downstream, and marked MISS like every relay response.
+fn local_response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(
         http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
+        HeaderValue::from_static(content_type),
     );
     h.insert(
         http::header::CACHE_CONTROL,
@@ -631,11 +636,7 @@ fn admin(relay: &Relay, path: &str) -> Response<Body> {
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".into()),
         _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     };
-    let mut resp = Response::new(full(body));
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static(ctype));
-    resp
+    local_response(status, ctype, body)
 }
 
 #[cfg(test)]
