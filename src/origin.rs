@@ -67,6 +67,8 @@ pub struct Faults {
     pub status: Option<u16>,
     /// Replace the response's Cache-Control.
     pub cache_control: Option<String>,
+    /// Close every new connection at once (by flag or `OriginHandle::set_refuse`).
+    pub refuse: bool,
 }
 
 impl Faults {
@@ -289,7 +291,7 @@ pub async fn start(cfg: OriginConfig) -> std::io::Result<OriginHandle> {
             .collect(),
         requests: Mutex::new(HashMap::new()),
         total: AtomicU64::new(0),
-        refuse: AtomicBool::new(false),
+        refuse: AtomicBool::new(cfg.faults.refuse),
         faults: Mutex::new(cfg.faults.clone()),
         cfg,
     });
@@ -876,6 +878,9 @@ pub struct OriginArgs {
     /// Fault: answer every request with this status.
     #[arg(long)]
     pub status: Option<u16>,
+    /// Fault: close every connection as soon as it is accepted.
+    #[arg(long = "refuse-connections")]
+    pub refuse_connections: bool,
     /// Serve chunks unencrypted (default: RFC 8188 aes128gcm).
     #[arg(long)]
     pub plaintext: bool,
@@ -957,6 +962,7 @@ impl OriginArgs {
                 stall_after: a.stall_after,
                 status: a.status,
                 cache_control: None,
+                refuse: a.refuse_connections,
             },
             encryption: (!a.plaintext).then(|| Encryption::random(a.key_rotation, a.record_size)),
             tls: Some(pki.server),

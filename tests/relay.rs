@@ -711,3 +711,16 @@ async fn hostile_input_gets_4xx_and_never_kills_the_relay() {
     let got = h1(r.addr, proxy_get(o, "/vod/1")).await.unwrap();
     assert_eq!(got.status, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_refusing_connections_is_a_502_not_a_hang() {
+    let origin = manual_origin().await;
+    let r = relay(relay_config(&origin.url())).await;
+    origin.set_refuse(true);
+    let got = h1(r.addr, proxy_get(origin.addr, "/vod/1")).await.unwrap();
+    assert_eq!(got.status, StatusCode::BAD_GATEWAY);
+    assert!(String::from_utf8_lossy(got.bytes()).contains("upstream unavailable"));
+    origin.set_refuse(false);
+    let got = h1(r.addr, proxy_get(origin.addr, "/vod/1")).await.unwrap();
+    assert_eq!(got.status, StatusCode::OK);
+}
