@@ -184,7 +184,10 @@ pub struct Client {
     probed: Mutex<Option<std::time::Instant>>,
     events: Mutex<Vec<Event>>,
     served: Mutex<BTreeMap<Source, u64>>,
+    idle: Mutex<HashMap<SocketAddr, Http1Sender>>,
 }
+
+type Http1Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 
 enum Attempt {
     Done,
@@ -204,6 +207,7 @@ impl Client {
             probed: Mutex::new(None),
             events: Mutex::new(Vec::new()),
             served: Mutex::new(BTreeMap::new()),
+            idle: Mutex::new(HashMap::new()),
         };
         c.discover().await;
         Ok(c)
@@ -450,22 +454,27 @@ impl Client {
             .header(http::header::HOST, name.authority.as_str())
             .body(Empty::<Bytes>::new())
             .map_err(|e| e.to_string())?;
-        let tcp = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let _ = tcp.set_nodelay(true);
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let resp = send
-            .send_request(req)
-            .await
-            .map_err(|e| format!("request: {e}"))?;
+        // Keep-alive, as players do: reuse the source's idle connection. One
+        // the server has closed meanwhile fails before any response, and is
+        // replaced by a fresh one without blaming the source.
+        let (mut send, reused) = self.connection(addr).await?;
+        let resp = match send.send_request(req.clone()).await {
+            Ok(r) => r,
+            Err(_) if reused => {
+                send = self.connection(addr).await?.0;
+                send.send_request(req)
+                    .await
+                    .map_err(|e| format!("request: {e}"))?
+            }
+            Err(e) => return Err(format!("request: {e}").into()),
+        };
         let status = resp.status();
         if status == StatusCode::NOT_FOUND
             && resp.headers().contains_key(crate::relay::NOT_YET_HEADER)
         {
+            if resp.into_body().collect().await.is_ok() {
+                self.give_back(addr, send);
+            }
             return Ok(Attempt::NotYet);
         }
         if status != StatusCode::OK {
@@ -517,7 +526,32 @@ impl Client {
             emit(out, &plain, &mut pos, written).await?;
         }
         out.flush().await.map_err(Fail::Output)?;
+        self.give_back(addr, send);
         Ok(Attempt::Done)
+    }
+
+    /// An idle connection to `addr`, or a new one; `true` when reused.
+    async fn connection(&self, addr: SocketAddr) -> Result<(Http1Sender, bool), Fail> {
+        let idle = self.idle.lock().remove(&addr);
+        if let Some(s) = idle.filter(|s| !s.is_closed()) {
+            return Ok((s, true));
+        }
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        Ok((send, false))
+    }
+
+    /// Parks a connection whose last response was read to the end.
+    fn give_back(&self, addr: SocketAddr, send: Http1Sender) {
+        if !send.is_closed() {
+            self.idle.lock().insert(addr, send);
+        }
     }
 
     async fn key_for(&self, name: &Name, h: &Header) -> Result<Vec<u8>, ClientError> {

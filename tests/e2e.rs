@@ -26,9 +26,17 @@ async fn no_key_material_reaches_a_relay() {
     let (origin, ca) = secure_origin(|_| {}).await;
     // Everything the relay receives passes through one of two recorders:
     // viewer → relay, and origin → relay.
-    let (to_origin, from_origin) = proxy(origin.addr, Tamper::None).await;
+    let Proxy {
+        addr: to_origin,
+        seen: from_origin,
+        ..
+    } = proxy(origin.addr, Tamper::None).await;
     let r = relay(relay_config(&format!("http://{to_origin}"))).await;
-    let (to_relay, from_viewer) = proxy(r.addr, Tamper::None).await;
+    let Proxy {
+        addr: to_relay,
+        seen: from_viewer,
+        accepted,
+    } = proxy(r.addr, Tamper::None).await;
     let mut cfg = client_config(&origin, &ca);
     cfg.relays = vec![to_relay];
     let c = Client::new(cfg).await.unwrap();
@@ -40,6 +48,8 @@ async fn no_key_material_reaches_a_relay() {
     }
     let expect: Vec<u8> = (0..8).flat_map(vod).collect();
     assert!(out == expect, "decrypted output differs");
+    // Eight chunks over one kept-alive connection, as a player does.
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::Relaxed), 1);
     let mut seen = from_origin.lock().clone();
     seen.extend_from_slice(&from_viewer.lock());
     assert!(
@@ -71,7 +81,7 @@ async fn tampered_relay_bytes_are_refetched_and_output_is_exact() {
     let (origin, ca) = secure_origin(|_| {}).await;
     let r = relay(relay_config(&origin.url())).await;
     // A relay that flips one bit, 5,000 bytes into each response.
-    let (evil, _) = proxy(r.addr, Tamper::FlipAt(5000)).await;
+    let evil = proxy(r.addr, Tamper::FlipAt(5000)).await.addr;
     let mut cfg = client_config(&origin, &ca);
     cfg.relays = vec![evil];
     let c = Client::new(cfg).await.unwrap();
@@ -90,7 +100,7 @@ async fn tampered_relay_bytes_are_refetched_and_output_is_exact() {
 async fn relay_cut_midchunk_loses_nothing() {
     let (origin, ca) = secure_origin(|_| {}).await;
     let r = relay(relay_config(&origin.url())).await;
-    let (cutting, _) = proxy(r.addr, Tamper::CutAfter(30_000)).await;
+    let cutting = proxy(r.addr, Tamper::CutAfter(30_000)).await.addr;
     let mut cfg = client_config(&origin, &ca);
     cfg.relays = vec![cutting];
     let c = Client::new(cfg).await.unwrap();

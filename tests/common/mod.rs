@@ -206,19 +206,28 @@ pub enum Tamper {
     CutAfter(usize),
 }
 
+/// An in-test TCP proxy.
+pub struct Proxy {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Every byte it carried, both directions.
+    pub seen: std::sync::Arc<parking_lot::Mutex<Vec<u8>>>,
+    /// Connections it accepted.
+    pub accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
 /// A TCP proxy to `target` that records every byte in both directions and
-/// can tamper with what flows back. Returns its address and the recording.
-pub async fn proxy(
-    target: SocketAddr,
-    tamper: Tamper,
-) -> (SocketAddr, std::sync::Arc<parking_lot::Mutex<Vec<u8>>>) {
+/// can tamper with what flows back.
+pub async fn proxy(target: SocketAddr, tamper: Tamper) -> Proxy {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
-    let rec = seen.clone();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (rec, count) = (seen.clone(), accepted.clone());
     tokio::spawn(async move {
         while let Ok((down, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let Ok(up) = TcpStream::connect(target).await else {
                 continue;
             };
@@ -262,7 +271,11 @@ pub async fn proxy(
             });
         }
     });
-    (addr, seen)
+    Proxy {
+        addr,
+        seen,
+        accepted,
+    }
 }
 
 /// An encrypting origin with its TLS API, on an ephemeral port.
