@@ -351,6 +351,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/relay.example.toml");
+        let c = Config::from_file(&path).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.id.as_deref(), Some("relay-par1"));
+        assert_eq!(c.repoll_interval, Duration::from_millis(50));
+    }
+
+    #[test]
     fn bad_input_is_a_clear_error() {
         assert!(Cli::try_parse_from(["r", "--cache-size", "lots"]).is_err());
         assert!(Cli::try_parse_from(["r", "--max-wait", "soon"]).is_err());
