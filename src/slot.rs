@@ -133,16 +133,6 @@ impl Slot {
         self.tx.borrow().first_byte
     }
 
-    /// Bytes received so far.
-    pub fn len(&self) -> u64 {
-        self.tx.borrow().len
-    }
-
-    /// Whether no body byte has arrived yet.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Records that the upstream said "not yet". Viewers are not woken: they
     /// keep waiting for a real answer, and read the flag only if their own wait
     /// runs out.
@@ -162,11 +152,6 @@ impl Slot {
             s.end = Some(result);
             true
         });
-    }
-
-    /// Whether the slot has ended.
-    pub fn is_finished(&self) -> bool {
-        self.tx.borrow().end.is_some()
     }
 
     /// The head and the shared body handles of a cleanly finished slot, for
