@@ -267,23 +267,16 @@ impl Client {
             .api
             .clone()
             .unwrap_or_else(|| format!("https://{authority}"));
-        let hostport = base
-            .strip_prefix("https://")
-            .ok_or_else(|| ClientError::Api(format!("API URL must be https://: {base}")))?
-            .trim_end_matches('/');
-        let host = match hostport.rsplit_once(':') {
-            Some((h, p)) if p.parse::<u16>().is_ok() => h,
-            _ => hostport,
-        }
-        .trim_matches(['[', ']']);
-        let addr_s = if hostport
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        {
-            hostport.to_string()
-        } else {
-            format!("{hostport}:443")
-        };
+        // The API base is an origin URL like any other: reuse its parser.
+        let api = crate::key::Origin::parse(&base)
+            .ok()
+            .filter(|o| o.scheme == crate::key::Scheme::Https)
+            .ok_or_else(|| {
+                ClientError::Api(format!("API URL must be https://HOST[:PORT]: {base}"))
+            })?;
+        let host = api.host.trim_matches(['[', ']']);
+        let (addr_s, hostport) = (api.canonical(), api.host_header());
+        let hostport = hostport.as_str();
         let api_err = |e: &dyn std::fmt::Display| ClientError::Api(format!("{base}: {e}"));
         let server_name =
             rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| api_err(&e))?;

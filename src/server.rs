@@ -318,7 +318,9 @@ fn viewer_body(
     let relay = relay.clone();
     let mut first = true;
     let s = viewer.into_stream().map(move |piece| {
-        let _ = &parked;
+        // Owning the guard here holds the viewer's place under
+        // `max-parked` until hyper drops the body.
+        let _held = &parked;
         let b = piece?;
         if std::mem::take(&mut first) {
             if let Some(t) = slot.first_byte().filter(|t| *t >= joined) {

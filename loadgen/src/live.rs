@@ -273,7 +273,6 @@ async fn fetch(
 async fn viewer(
     ctx: Arc<Ctx>,
     g: usize,
-    idx: usize,
     start_at: Instant,
     shared: Option<Client>,
     src: Option<std::net::IpAddr>,
@@ -364,7 +363,6 @@ async fn viewer(
             }
         }
     }
-    let _ = idx;
 }
 
 /// Runs the load and returns the report. Progress goes to stderr.
@@ -481,7 +479,7 @@ pub async fn run(opts: LiveOpts, cancel: CancellationToken) -> anyhow::Result<Li
                 None
             };
             let start_at = t0 + opts.ramp.mul_f64(i as f64 / group.viewers.max(1) as f64);
-            tasks.spawn(viewer(ctx.clone(), g, i, start_at, shared, src));
+            tasks.spawn(viewer(ctx.clone(), g, start_at, shared, src));
             n += 1;
         }
     }
