@@ -14,7 +14,7 @@ const CHUNK: usize = 64 * 1024;
 const PIECES: usize = 8;
 
 async fn fan_out(viewers: usize) -> Duration {
-    let slot = Slot::new();
+    let (slot, writer) = Slot::unbounded();
     let body = Bytes::from(vec![0x5a; CHUNK]);
     let mut tasks = Vec::with_capacity(viewers);
     for _ in 0..viewers {
@@ -33,15 +33,15 @@ async fn fan_out(viewers: usize) -> Duration {
     // Let the viewers park before the clock starts.
     tokio::task::yield_now().await;
     let start = Instant::now();
-    slot.publish_head(Head {
+    let _ = writer.publish_head(Head {
         status: StatusCode::OK,
         headers: HeaderMap::new(),
         len: Some(CHUNK as u64),
     });
     for i in 0..PIECES {
-        slot.push(body.slice(i * CHUNK / PIECES..(i + 1) * CHUNK / PIECES));
+        let _ = writer.push(body.slice(i * CHUNK / PIECES..(i + 1) * CHUNK / PIECES));
     }
-    slot.finish(Ok(()));
+    writer.finish();
     for t in tasks {
         t.await.expect("viewer");
     }

@@ -1,21 +1,24 @@
 //! The bounded in-memory store of complete chunks.
 //!
-//! Only a slot that finished cleanly hands its body here (see `relay`), so the
-//! store never holds a partial object. Entries are kept in LRU order and
-//! weighed in bytes, counting the body, the headers and a fixed per-entry
-//! overhead, so `--cache-size` bounds real memory rather than a count. A body
-//! is the `Vec<Bytes>` the slot collected: serving a hit or a range clones
-//! reference-counted handles, never chunk bytes.
+//! Only a slot that finished cleanly hands its body here (see `flight`), so
+//! the store never holds a partial object. Entries are kept in LRU order and
+//! weighed by what their body is charged in the memory budget (bytes, piece
+//! overhead and head) plus a fixed per-entry overhead, so `--cache-size`
+//! bounds real memory rather than a count. A body is the frozen
+//! [`Arc<Body>`](crate::slot::Body) the slot built: serving a hit clones one
+//! `Arc`, never the piece list or chunk bytes. Evicting an entry that viewers
+//! are still reading frees its bytes only when the last of them finishes; the
+//! budget keeps counting them until then.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use lru::LruCache;
 use parking_lot::Mutex;
 
 use crate::key::ChunkKey;
+use crate::slot::Body;
 
 /// Bookkeeping bytes charged to every entry on top of its body and headers
 /// (LRU node, key strings, Arc and Vec headers).
@@ -26,55 +29,32 @@ pub const ENTRY_OVERHEAD: usize = 256;
 pub struct Entry {
     /// Upstream status (200, or 404 for negative caching).
     pub status: StatusCode,
-    /// End-to-end headers as received (hop-by-hop removed).
+    /// End-to-end headers as received (hop-by-hop and framing removed).
     pub headers: HeaderMap,
-    /// The body, in the pieces it arrived in.
-    pub body: Vec<Bytes>,
-    /// Total body length.
-    pub len: u64,
+    /// The frozen body, shared with every viewer reading it.
+    pub body: Arc<Body>,
     /// When the relay stored it.
     pub stored: Instant,
-    /// `Age` the upstream reported when it was received.
+    /// Age the response already had when it was received (RFC 9111 §4.2.3).
     pub initial_age: Duration,
-    /// How long it stays fresh after `stored`.
+    /// Freshness lifetime, counted from the response's origin, not from
+    /// `stored`: the entry is fresh while `age() < ttl`.
     pub ttl: Duration,
 }
 
 impl Entry {
-    /// The `Age` to report now (RFC 9111 §4.2.3, simplified: no clock skew
-    /// correction, because both hops share the relay's monotonic clock).
+    /// The `Age` to report now: the age it arrived with plus its time here.
+    /// Saturates, so a hostile `Age` can never overflow.
     pub fn age(&self) -> Duration {
-        self.initial_age + self.stored.elapsed()
+        self.initial_age.saturating_add(self.stored.elapsed())
     }
 
     fn fresh(&self) -> bool {
-        self.stored.elapsed() < self.ttl
+        self.age() < self.ttl
     }
 
-    fn weight(key: &ChunkKey, headers: &HeaderMap, len: u64) -> usize {
-        let hdrs: usize = headers
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 32)
-            .sum();
-        len as usize + hdrs + key.authority.len() + key.path.len() + ENTRY_OVERHEAD
-    }
-
-    /// The pieces of the body that cover `start..=end` (inclusive, as in a
-    /// `Range` header), sliced without copying.
-    pub fn range(&self, start: u64, end: u64) -> Vec<Bytes> {
-        let mut out = Vec::new();
-        let mut pos = 0u64;
-        for b in &self.body {
-            let (s, e) = (pos, pos + b.len() as u64);
-            pos = e;
-            if e <= start || s > end {
-                continue;
-            }
-            let from = start.saturating_sub(s) as usize;
-            let to = ((end + 1).min(e) - s) as usize;
-            out.push(b.slice(from..to));
-        }
-        out
+    fn weight(&self, key: &ChunkKey) -> usize {
+        self.body.charged() + key.authority.len() + key.path.len() + ENTRY_OVERHEAD
     }
 }
 
@@ -187,7 +167,7 @@ impl Cache {
     /// fits. Returns how many entries were evicted, or `None` when the entry
     /// is too large to store.
     pub fn insert(&self, key: ChunkKey, entry: Entry) -> Option<usize> {
-        let weight = Entry::weight(&key, &entry.headers, entry.len);
+        let weight = entry.weight(&key);
         if weight > self.max_object {
             return None;
         }
@@ -208,6 +188,30 @@ impl Cache {
         inner.bytes += weight;
         inner.lru.put(key, (Arc::new(entry), weight));
         Some(evicted)
+    }
+
+    /// Evicts least recently used entries until `enough` says so or the store
+    /// is empty, and returns how many went. The memory budget calls this when
+    /// it runs short, before it refuses new work.
+    pub fn shed(&self, mut enough: impl FnMut() -> bool) -> usize {
+        let mut evicted = 0;
+        while !enough() {
+            // Drop the entry outside the lock: its body may be the last
+            // reference, and freeing a large body is not free.
+            let popped = {
+                let mut inner = self.inner.lock();
+                let popped = inner.lru.pop_lru();
+                if let Some((_, (_, w))) = &popped {
+                    inner.bytes -= w;
+                }
+                popped
+            };
+            if popped.is_none() {
+                break;
+            }
+            evicted += 1;
+        }
+        evicted
     }
 
     /// Current usage.
@@ -237,11 +241,19 @@ mod tests {
     }
 
     fn entry(len: usize, ttl: u64) -> Entry {
+        let (_slot, w) = crate::slot::Slot::unbounded();
+        w.publish_head(crate::slot::Head {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            len: None,
+        })
+        .unwrap();
+        w.push(bytes::Bytes::from(vec![7u8; len])).unwrap();
+        let (_, body) = w.finish().unwrap();
         Entry {
             status: StatusCode::OK,
             headers: HeaderMap::new(),
-            body: vec![Bytes::from(vec![7u8; len])],
-            len: len as u64,
+            body,
             stored: Instant::now(),
             initial_age: Duration::ZERO,
             ttl: Duration::from_secs(ttl),
@@ -250,7 +262,8 @@ mod tests {
 
     #[test]
     fn bounded_by_bytes_with_overhead_and_lru_order() {
-        let per = 1000 + ENTRY_OVERHEAD + "o:80".len() + 2;
+        let per = entry(1000, 60).weight(&key("/a"));
+        assert!(per > 1000 + ENTRY_OVERHEAD);
         let cache = Cache::new(per * 3, per * 3);
         for p in ["/a", "/b", "/c"] {
             assert_eq!(cache.insert(key(p), entry(1000, 60)), Some(0));
@@ -262,6 +275,15 @@ mod tests {
         assert!(cache.get(&key("/a")).is_some());
         assert!(cache.usage().bytes <= cache.capacity());
         assert_eq!(cache.insert(key("/big"), entry(per * 4, 60)), None);
+        let mut left = 2;
+        assert_eq!(
+            cache.shed(|| {
+                left -= 1;
+                left < 0
+            }),
+            2
+        );
+        assert_eq!(cache.usage().entries, 1);
     }
 
     #[test]
@@ -273,15 +295,24 @@ mod tests {
     }
 
     #[test]
-    fn ranges_slice_across_pieces() {
-        let mut e = entry(0, 60);
-        e.body = vec![Bytes::from_static(b"abcd"), Bytes::from_static(b"efgh")];
-        e.len = 8;
-        let cat = |v: Vec<Bytes>| v.concat();
-        assert_eq!(cat(e.range(0, 7)), b"abcdefgh");
-        assert_eq!(cat(e.range(2, 5)), b"cdef");
-        assert_eq!(cat(e.range(4, 4)), b"e");
-        assert_eq!(cat(e.range(7, 7)), b"h");
+    fn age_counts_initial_age_and_never_overflows() {
+        let cache = Cache::new(1 << 20, 1 << 20);
+        let mut e = entry(10, 60);
+        e.initial_age = Duration::from_secs(59);
+        cache.insert(key("/young"), e);
+        assert!(cache.get(&key("/young")).is_some());
+        let mut e = entry(10, 60);
+        e.initial_age = Duration::from_secs(60);
+        cache.insert(key("/old"), e);
+        assert!(
+            cache.get(&key("/old")).is_none(),
+            "Age counts against max-age"
+        );
+        let mut e = entry(10, 60);
+        e.initial_age = Duration::MAX;
+        assert_eq!(e.age(), Duration::MAX);
+        cache.insert(key("/hostile"), e);
+        assert!(cache.get(&key("/hostile")).is_none());
     }
 
     #[test]

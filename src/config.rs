@@ -128,6 +128,17 @@ pub struct Cli {
     /// the address the probe arrived on).
     #[arg(long, value_name = "URL")]
     pub advertise: Vec<String>,
+    /// Bound on every chunk byte the relay holds: cache, in-flight slots,
+    /// bodies still streaming after eviction (default: twice --cache-size,
+    /// at least --cache-size + 256MiB).
+    #[arg(long = "memory-limit", value_parser = parse_size)]
+    pub memory_limit: Option<ByteSize>,
+    /// Most upstream fetches in flight at once.
+    #[arg(long = "max-inflight-fetches")]
+    pub max_inflight_fetches: Option<usize>,
+    /// Most upstream fetches in flight at once for one origin.
+    #[arg(long = "max-inflight-fetches-per-origin")]
+    pub max_inflight_fetches_per_origin: Option<usize>,
 }
 
 /// The resolved configuration. Field names are the TOML keys (kebab-case).
@@ -189,6 +200,13 @@ pub struct Config {
     pub advertise: Vec<String>,
     /// Trust roots for https origins.
     pub origin_ca: Option<PathBuf>,
+    /// Memory budget (see [`Config::memory_limit`] for the default).
+    #[serde(rename = "memory-limit")]
+    pub memory_limit_bytes: Option<ByteSize>,
+    /// Upstream fetches in flight cap.
+    pub max_inflight_fetches: usize,
+    /// Upstream fetches in flight per origin cap.
+    pub max_inflight_fetches_per_origin: usize,
 }
 
 impl Default for Config {
@@ -217,6 +235,9 @@ impl Default for Config {
             prefetch: true,
             advertise: Vec::new(),
             origin_ca: None,
+            memory_limit_bytes: None,
+            max_inflight_fetches: 4096,
+            max_inflight_fetches_per_origin: 1024,
         }
     }
 }
@@ -280,11 +301,29 @@ impl Config {
         if !cli.advertise.is_empty() {
             c.advertise = cli.advertise;
         }
+        if cli.memory_limit.is_some() {
+            c.memory_limit_bytes = cli.memory_limit;
+        }
+        if let Some(v) = cli.max_inflight_fetches {
+            c.max_inflight_fetches = v;
+        }
+        if let Some(v) = cli.max_inflight_fetches_per_origin {
+            c.max_inflight_fetches_per_origin = v;
+        }
         if cli.no_prefetch {
             c.prefetch = false;
         }
         c.validate()?;
         Ok(c)
+    }
+
+    /// The memory budget: `--memory-limit`, or by default twice the cache
+    /// size and at least the cache size plus 256 MiB, so in-flight and
+    /// still-streaming bodies have room beside a full cache.
+    pub fn memory_limit(&self) -> ByteSize {
+        let cache = self.cache_size.as_u64();
+        self.memory_limit_bytes
+            .unwrap_or(ByteSize::b((cache * 2).max(cache + (256 << 20))))
     }
 
     /// Checks values that parse but make no sense.
@@ -303,6 +342,16 @@ impl Config {
         }
         if self.cache_size.as_u64() == 0 {
             return bad("cache-size must be more than 0");
+        }
+        if self.memory_limit() < self.cache_size {
+            return bad(
+                "memory-limit must be at least cache-size: the cache is part of the budget",
+            );
+        }
+        if self.max_inflight_fetches == 0 || self.max_inflight_fetches_per_origin == 0 {
+            return bad(
+                "max-inflight-fetches and max-inflight-fetches-per-origin must be at least 1",
+            );
         }
         if self.max_wait.is_zero() || self.upstream_hold.is_zero() || self.connect_timeout.is_zero()
         {

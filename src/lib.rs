@@ -1,15 +1,19 @@
 //! mlcache: a multi-level streaming cache for encrypted live and VOD chunks.
 //!
 //! A viewer's request enters through [`server`], is named by [`key`], and is
-//! answered by [`relay`]: from [`cache`] if the chunk is complete and fresh,
-//! otherwise by joining the one in-flight [`slot`] for it, which a single
-//! fetch from [`upstream`] (a parent relay or the origin) fills. [`config`]
-//! holds every limit and timeout; [`metrics`] counts what happens.
+//! answered through [`flight`]: from [`cache`] if the chunk is complete and
+//! fresh, otherwise by joining the one in-flight [`slot`] for it, which a
+//! single fill task in [`relay`] feeds from [`upstream`] (a parent relay or
+//! the origin). Admission is decided in `flight` before any fetch starts, and
+//! every chunk byte held is charged to one [`budget`]. [`config`] holds every
+//! limit and timeout; [`metrics`] counts what happens.
 
+pub mod budget;
 pub mod cache;
 pub mod client;
 pub mod config;
 pub mod ece;
+pub mod flight;
 pub mod key;
 pub mod manifest;
 pub mod metrics;

@@ -68,6 +68,11 @@ pub struct Metrics {
     /// Seconds from a chunk's first upstream byte to that byte reaching each
     /// viewer that was already waiting for it.
     pub delivery: Histogram,
+    /// Chunk bytes held against `--memory-limit` (cache, slots, bodies still
+    /// streaming, piece overhead).
+    pub memory_used: Gauge,
+    /// `--memory-limit` in bytes.
+    pub memory_limit: Gauge,
 }
 
 impl Metrics {
@@ -90,6 +95,8 @@ impl Metrics {
             cache_entries: Gauge::default(),
             cache_evictions: Counter::default(),
             delivery: Histogram::new(exponential_buckets(0.000_01, 2.0, 22)),
+            memory_used: Gauge::default(),
+            memory_limit: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -152,6 +159,16 @@ impl Metrics {
             "Time from a chunk's first upstream byte to its delivery to each waiting viewer",
             m.delivery.clone(),
         );
+        registry.register(
+            "memory_used_bytes",
+            "Chunk bytes held against the memory budget",
+            m.memory_used.clone(),
+        );
+        registry.register(
+            "memory_limit_bytes",
+            "The memory budget",
+            m.memory_limit.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -172,6 +189,11 @@ impl Metrics {
     /// Counts one request refused by a limit.
     pub fn rejected(&self, reason: &'static str) {
         self.rejected.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    /// Reads one refusal counter (for tests and the admin page).
+    pub fn rejected_of(&self, reason: &'static str) -> u64 {
+        self.rejected.get_or_create(&[("reason", reason)]).get()
     }
 
     /// Reads one request counter (for tests and the admin page).

@@ -401,7 +401,8 @@ fn publish_next(state: &Arc<State>, stream: usize) {
     // Numbers are taken when encoding starts, so a chunk still encoding in
     // whole mode never shares its number with the next one.
     let seq = s.next.fetch_add(1, Ordering::Relaxed);
-    let slot = Slot::new();
+    // The head end's chunks are its own: no relay budget applies.
+    let (slot, writer) = Slot::unbounded();
     let pieces = match cfg.publish {
         Publish::Progressive => cfg.pieces.max(1),
         Publish::Whole => 1,
@@ -435,7 +436,7 @@ fn publish_next(state: &Arc<State>, stream: usize) {
                 HeaderValue::from_str(&next).expect("ASCII"),
             );
         }
-        slot.publish_head(Head {
+        let _ = writer.publish_head(Head {
             status: StatusCode::OK,
             headers,
             len: Some(body.len() as u64),
@@ -461,9 +462,9 @@ fn publish_next(state: &Arc<State>, stream: usize) {
             }
             let from = (i * step).min(body.len());
             let to = ((i + 1) * step).min(body.len());
-            slot.push(body.slice(from..to));
+            let _ = writer.push(body.slice(from..to));
         }
-        slot.finish(Ok(()));
+        writer.finish();
     });
 }
 
@@ -730,14 +731,14 @@ async fn handle(state: Arc<State>, req: Request<Incoming>, tls: bool) -> Respons
                     http::header::CACHE_CONTROL,
                     HeaderValue::from_str(&cc).expect("ASCII"),
                 );
-                let slot = Slot::new();
-                slot.publish_head(Head {
+                let (slot, writer) = Slot::unbounded();
+                let _ = writer.publish_head(Head {
                     status: StatusCode::OK,
                     headers,
                     len: Some(body.len() as u64),
                 });
-                slot.push(body);
-                slot.finish(Ok(()));
+                let _ = writer.push(body);
+                writer.finish();
                 from_slot(&slot, &faults).await
             }
             _ => text(StatusCode::NOT_FOUND, "no such VOD chunk\n"),

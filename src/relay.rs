@@ -1,32 +1,37 @@
-//! The relay core: cache lookup, single flight and the fill task that feeds a
-//! slot from upstream.
+//! The relay core: the fill task that feeds a slot from upstream, and the
+//! relay's identity (Via) and lifecycle.
 //!
-//! `lookup` is the only way into the data path. Under the slot-table lock it
-//! answers from the cache, joins the open slot for the key, or opens a slot and
-//! spawns exactly one fill task for it, so concurrent requests can never start
-//! two upstream fetches for one key. The fill task asks `upstream`, re-polls
+//! A request asks [`Relay::join`], which goes through [`flight`] (cache,
+//! single flight, admission) and, when this request leads a new flight,
+//! spawns the one fill task for it. The fill asks `upstream`, re-polls
 //! (paced) while the answer is "not yet" and someone still waits, publishes
-//! the head, streams the body into the slot, and finally, under the same lock,
-//! moves a complete, cacheable body into `cache` and retires the slot. A
-//! failed or partial body ends the slot with an error and is never cached.
+//! the head, streams the body into the slot, and finally hands the flight
+//! back with a storage decision: a complete, cacheable body goes into the
+//! cache, anything else ends the slot (with an error if the body broke).
+//!
+//! [`flight`]: crate::flight
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use http_body_util::BodyExt;
-use parking_lot::Mutex;
 use tracing::Instrument;
 
+use crate::budget::Budget;
 use crate::cache::{Cache, Entry, Policy};
 use crate::config::Config;
+use crate::flight::{Fill, Flights, Join, Limits, Parked, Refused, Store};
 use crate::key::{ChunkKey, KeyError, Origin, OriginSet};
 use crate::metrics::Metrics;
-use crate::slot::{Head, Slot, SlotError};
+use crate::slot::{Head, SlotError};
 use crate::upstream::{Timeouts, Upstream, UpstreamError};
+
+/// Most `Via` hops a relay passes on upstream; older ones are dropped, so a
+/// hostile client cannot make every upstream request carry a huge header.
+pub const MAX_VIA_HOPS: usize = 16;
 
 /// The response header that marks a "not yet" answer (see docs/protocol.md).
 pub const NOT_YET_HEADER: &str = "mlcache-not-yet";
@@ -84,8 +89,14 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-/// Removes hop-by-hop headers, including any named by `Connection`.
+/// Removes hop-by-hop headers, including any named by `Connection`. When a
+/// response was framed by `Transfer-Encoding`, its `Content-Length` is
+/// meaningless and is removed too (RFC 9112 §6.3): passing it on would let a
+/// downstream client take a prefix for the whole body.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(http::header::TRANSFER_ENCODING) {
+        headers.remove(http::header::CONTENT_LENGTH);
+    }
     let named: Vec<String> = headers
         .get_all(http::header::CONNECTION)
         .iter()
@@ -103,36 +114,36 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// What `lookup` found.
-pub enum Lookup {
+/// What a request joined, as the server needs it.
+pub enum Answer {
     /// A fresh cached object.
     Hit(Arc<Entry>),
-    /// An in-flight slot; `opened` is true when this lookup started its fetch.
+    /// A slot: `opened` when this request started its fetch (a miss),
+    /// otherwise it coalesced onto one in flight.
     Slot {
-        /// The slot to join.
-        slot: Arc<Slot>,
-        /// Whether this request opened it (a miss) or joined it (coalesced).
+        /// The viewer's place in the slot.
+        parked: Parked,
+        /// Whether this request opened it.
         opened: bool,
     },
 }
 
-/// One relay: its configuration, cache, open slots and upstream client.
+/// One relay: its configuration, flights (cache, slots, budget) and upstream
+/// client.
 pub struct Relay {
     /// The resolved configuration.
     pub config: Config,
     /// The allow-list.
     pub origins: OriginSet,
-    /// Complete objects.
-    pub cache: Cache,
+    /// Cache, in-flight slots, admission and the memory budget.
+    pub flights: Arc<Flights>,
     /// Metrics shared with the servers.
     pub metrics: Arc<Metrics>,
     /// This relay's Via pseudonym.
     pub id: String,
     /// `1.1 <id>`, this relay's Via entry.
     pub via_entry: HeaderValue,
-    slots: Mutex<HashMap<ChunkKey, Arc<Slot>>>,
     upstream: Upstream,
-    parked: AtomicUsize,
     draining: AtomicBool,
 }
 
@@ -156,19 +167,31 @@ impl Relay {
             },
             metrics.clone(),
         )?;
-        Ok(Arc::new(Relay {
-            cache: Cache::new(
+        let memory = config.memory_limit().as_u64() as usize;
+        let flights = Flights::new(
+            Cache::new(
                 config.cache_size.as_u64() as usize,
                 config.max_object_size.as_u64() as usize,
             ),
+            Budget::new(memory),
+            Limits {
+                max_viewers_per_slot: config.max_viewers_per_slot,
+                max_parked: config.max_parked,
+                max_fetches: config.max_inflight_fetches,
+                max_fetches_per_origin: config.max_inflight_fetches_per_origin,
+                admit_reserve: (memory / 32).max(64 * 1024),
+            },
+            metrics.clone(),
+        );
+        metrics.memory_limit.set(memory as i64);
+        Ok(Arc::new(Relay {
+            flights,
             origins,
             metrics,
             via_entry: HeaderValue::from_str(&format!("1.1 {id}"))
                 .map_err(|_| SetupError::BadId(id.clone()))?,
             id,
-            slots: Mutex::new(HashMap::new()),
             upstream,
-            parked: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             config,
         }))
@@ -182,14 +205,27 @@ impl Relay {
             .any(|by| by == self.id)
     }
 
-    /// The Via value to send upstream: the request's hops plus this relay.
+    /// The Via value to send upstream: the request's last hops (at most
+    /// [`MAX_VIA_HOPS`]) plus this relay.
     pub fn via_upstream<'a>(&self, via: impl Iterator<Item = &'a HeaderValue>) -> HeaderValue {
-        let mut hops: Vec<&str> = via.filter_map(|v| v.to_str().ok()).collect();
+        let hops: Vec<&str> = via
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .collect();
         if hops.is_empty() {
             return self.via_entry.clone();
         }
-        hops.push(self.via_entry.to_str().expect("built from an ASCII id"));
-        HeaderValue::from_str(&hops.join(", ")).unwrap_or_else(|_| self.via_entry.clone())
+        let own = self.via_entry.to_str().expect("built from an ASCII id");
+        let keep = &hops[hops.len().saturating_sub(MAX_VIA_HOPS - 1)..];
+        let joined = keep
+            .iter()
+            .copied()
+            .chain([own])
+            .collect::<Vec<_>>()
+            .join(", ");
+        HeaderValue::from_str(&joined).unwrap_or_else(|_| self.via_entry.clone())
     }
 
     /// Marks the relay as draining (health checks then fail).
@@ -204,133 +240,118 @@ impl Relay {
 
     /// Viewers attached to slots right now.
     pub fn parked(&self) -> usize {
-        self.parked.load(Ordering::Relaxed)
+        self.flights.parked()
     }
 
-    /// Reserves a parked-viewer place, or `None` at the `max-parked` limit.
-    pub fn park(self: &Arc<Self>) -> Option<ParkedGuard> {
-        let prev = self.parked.fetch_add(1, Ordering::Relaxed);
-        if prev >= self.config.max_parked {
-            self.parked.fetch_sub(1, Ordering::Relaxed);
-            return None;
-        }
-        self.metrics.parked_viewers.inc();
-        Some(ParkedGuard(self.clone()))
+    /// The complete-object store.
+    pub fn cache(&self) -> &Cache {
+        &self.flights.cache
     }
 
-    /// Answers from the cache, joins the open slot, or opens one and starts its
-    /// single upstream fetch. `via` makes the Via value for the upstream
-    /// request; it is called only when a fetch starts, so hits and joins
-    /// allocate nothing for it.
-    pub fn lookup(
+    /// Prometheus text, with the gauges that are read rather than counted
+    /// (memory, cache) brought up to date first.
+    pub fn render_metrics(&self) -> String {
+        let usage = self.flights.cache.usage();
+        self.metrics.cache_bytes.set(usage.bytes as i64);
+        self.metrics.cache_entries.set(usage.entries as i64);
+        self.metrics
+            .memory_used
+            .set(self.flights.budget.used() as i64);
+        self.metrics.render()
+    }
+
+    /// Answers from the cache, joins the flight for `key`, or admits a new
+    /// one and starts its single fill. `via` makes the Via value for the
+    /// upstream request; it is called only when a fetch starts, so hits and
+    /// joins allocate nothing for it.
+    pub fn join(
         self: &Arc<Self>,
         key: &ChunkKey,
         origin: &Origin,
         via: impl FnOnce() -> HeaderValue,
-    ) -> Lookup {
-        let mut slots = self.slots.lock();
-        if let Some(entry) = self.cache.get(key) {
-            return Lookup::Hit(entry);
-        }
-        if let Some(slot) = slots.get(key) {
-            return Lookup::Slot {
-                slot: slot.clone(),
+    ) -> Result<Answer, Refused> {
+        Ok(match self.flights.join(key)? {
+            Join::Hit(e) => Answer::Hit(e),
+            Join::Follow(parked) => Answer::Slot {
+                parked,
                 opened: false,
-            };
-        }
-        let slot = self.open(&mut slots, key.clone(), origin.clone(), via());
-        Lookup::Slot { slot, opened: true }
+            },
+            Join::Lead(parked, fill) => {
+                self.spawn_fill(fill, origin.clone(), via());
+                Answer::Slot {
+                    parked,
+                    opened: true,
+                }
+            }
+        })
     }
 
-    fn open(
-        self: &Arc<Self>,
-        slots: &mut HashMap<ChunkKey, Arc<Slot>>,
-        key: ChunkKey,
-        origin: Origin,
-        via: HeaderValue,
-    ) -> Arc<Slot> {
-        let slot = Slot::new();
-        slots.insert(key.clone(), slot.clone());
-        self.metrics.open_slots.inc();
-        let span = tracing::debug_span!("fill", key = %key);
-        tokio::spawn(
-            self.clone()
-                .fill(key, origin, via, slot.clone())
-                .instrument(span),
-        );
-        slot
+    fn spawn_fill(self: &Arc<Self>, fill: Fill, origin: Origin, via: HeaderValue) {
+        let span = tracing::debug_span!("fill", key = %fill.key, prefetch = fill.prefetch);
+        tokio::spawn(self.clone().fill(fill, origin, via).instrument(span));
     }
 
-    /// Starts the fetch of `key` ahead of any viewer, unless it is cached or
-    /// already in flight.
+    /// Starts the fetch of `key` ahead of any viewer, unless it is cached,
+    /// already in flight, or admission says no.
     fn prefetch(self: &Arc<Self>, key: ChunkKey, origin: Origin) {
-        let mut slots = self.slots.lock();
-        if slots.contains_key(&key) || self.cache.get(&key).is_some() {
-            return;
+        if let Some(fill) = self.flights.prefetch(&key) {
+            tracing::debug!(%key, "prefetching next chunk");
+            self.metrics.upstream("prefetch", "started");
+            let via = self.via_entry.clone();
+            self.spawn_fill(fill, origin, via);
         }
-        tracing::debug!(%key, "prefetching next chunk");
-        self.metrics.upstream("prefetch", "started");
-        let via = self.via_upstream(std::iter::empty());
-        self.open(&mut slots, key, origin, via);
     }
 
-    async fn fill(
-        self: Arc<Self>,
-        key: ChunkKey,
-        origin: Origin,
-        via: HeaderValue,
-        slot: Arc<Slot>,
-    ) {
-        let outcome = std::panic::AssertUnwindSafe(self.fill_slot(&key, &origin, &via, &slot))
+    async fn fill(self: Arc<Self>, fill: Fill, origin: Origin, via: HeaderValue) {
+        // A panic inside unwinds through `fill`, whose drop fails the slot;
+        // catching it here only keeps it from being logged as a task panic.
+        let outcome = std::panic::AssertUnwindSafe(self.fill_slot(&fill, &origin, &via))
             .catch_unwind()
             .await
             .unwrap_or(Err(SlotError::Vanished));
-        let policy = match outcome {
-            Ok(p) => {
-                slot.finish(Ok(()));
-                p
-            }
+        match outcome {
+            Ok(store) => fill.finish(store),
             Err(e) => {
-                tracing::warn!(%key, error = %e, viewers = slot.viewers(), "fill failed");
-                slot.finish(Err(e));
-                None
+                let viewers = fill.writer().slot().viewers();
+                tracing::warn!(key = %fill.key, error = %e, viewers, "fill failed");
+                fill.fail(e);
             }
-        };
-        let mut slots = self.slots.lock();
-        if let (Some(policy), Some((head, body, len))) = (policy, slot.complete_body()) {
-            let entry = Entry {
-                status: head.status,
-                initial_age: age_of(&head.headers),
-                headers: head.headers.clone(),
-                body,
-                len,
-                stored: Instant::now(),
-                ttl: policy.ttl,
-            };
-            if let Some(evicted) = self.cache.insert(key.clone(), entry) {
-                self.metrics.cache_evictions.inc_by(evicted as u64);
-            }
-            let usage = self.cache.usage();
-            self.metrics.cache_bytes.set(usage.bytes as i64);
-            self.metrics.cache_entries.set(usage.entries as i64);
         }
-        if slots.get(&key).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
-            slots.remove(&key);
-        }
-        drop(slots);
-        self.metrics.open_slots.dec();
+        self.metrics
+            .memory_used
+            .set(self.flights.budget.used() as i64);
     }
 
-    /// Feeds one slot. Returns the cache policy of a complete body (`None`
-    /// when it must not be stored).
+    /// Appends pieces to the slot; when the budget is short, evicts cache
+    /// entries once and tries again.
+    fn push(&self, fill: &Fill, batch: &mut Vec<bytes::Bytes>) -> Result<(), SlotError> {
+        let w = fill.writer();
+        if w.push_all(batch.iter().cloned()).is_err() {
+            let want: usize = batch
+                .iter()
+                .map(|b| b.len() + crate::budget::PIECE_OVERHEAD)
+                .sum();
+            let budget = &self.flights.budget;
+            let evicted = self.flights.cache.shed(|| budget.has_room(want));
+            self.metrics.cache_evictions.inc_by(evicted as u64);
+            w.push_all(batch.iter().cloned())?;
+        }
+        batch.clear();
+        Ok(())
+    }
+
+    /// Feeds one slot. Returns how a complete body may be stored (`None`
+    /// when it must not be).
     async fn fill_slot(
         self: &Arc<Self>,
-        key: &ChunkKey,
+        fill: &Fill,
         origin: &Origin,
         via: &HeaderValue,
-        slot: &Arc<Slot>,
-    ) -> Result<Option<Policy>, SlotError> {
+    ) -> Result<Option<Store>, SlotError> {
         let cfg = &self.config;
+        let key = &fill.key;
+        let writer = fill.writer();
+        let slot = writer.slot();
         let (resp, source) = loop {
             let asked = Instant::now();
             let (resp, source) =
@@ -345,22 +366,25 @@ impl Relay {
                 break (resp, source);
             }
             self.metrics.upstream(source.label(), "not_yet");
-            slot.mark_not_yet();
-            // Somebody still wants it, or it was prefetched recently: ask again.
-            let age = slot.created().elapsed();
-            if slot.viewers() == 0 && age >= cfg.max_wait {
-                slot.publish_head(not_yet_head());
-                return Ok(None);
-            }
+            writer.mark_not_yet();
+            // Ask again only while somebody waits. A prefetch, which nobody
+            // waits for yet, asks once: viewers who come later poll for
+            // themselves.
             let spent = asked.elapsed();
-            if spent < cfg.repoll_interval {
+            if spent < cfg.repoll_interval && slot.viewers() > 0 {
                 tokio::time::sleep(cfg.repoll_interval - spent).await;
+            }
+            if slot.viewers() == 0 {
+                writer.publish_head(not_yet_head())?;
+                return Ok(None);
             }
         };
         self.metrics.upstream(source.label(), "ok");
         let status = resp.status();
         let mut headers = resp.headers().clone();
         strip_hop_by_hop(&mut headers);
+        // A shared cache must not hand one client's session to others.
+        headers.remove(http::header::SET_COOKIE);
         let len = headers
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
@@ -369,17 +393,19 @@ impl Relay {
         if len.is_some_and(|l| l > max) {
             return Err(SlotError::TooLarge);
         }
-        let policy = Policy::from_response(status, &headers, cfg.default_ttl, cfg.negative_ttl);
+        let policy =
+            Policy::from_response(status, resp.headers(), cfg.default_ttl, cfg.negative_ttl);
+        let initial_age = age_of(resp.headers());
         let next = cfg
             .prefetch
             .then(|| next_link(&headers, key))
             .flatten()
             .filter(|_| slot.viewers() > 0);
-        slot.publish_head(Head {
+        writer.publish_head(Head {
             status,
             headers,
             len,
-        });
+        })?;
         if let Some(path) = next {
             self.prefetch(
                 ChunkKey {
@@ -407,7 +433,7 @@ impl Relay {
                         break;
                     }
                     Some(Err(e)) => {
-                        slot.push_all(batch.drain(..));
+                        self.push(fill, &mut batch)?;
                         return Err(SlotError::Truncated(e.to_string().into()));
                     }
                     Some(Ok(frame)) => {
@@ -426,24 +452,23 @@ impl Relay {
                     None => break,
                 }
             }
-            slot.push_all(batch.drain(..));
+            self.push(fill, &mut batch)?;
+            self.metrics
+                .memory_used
+                .set(self.flights.budget.used() as i64);
         }
         if len.is_some_and(|l| l != received) {
             return Err(SlotError::Truncated(
                 format!("{received} of {len:?} bytes").into(),
             ));
         }
-        Ok(policy.store.then_some(policy))
-    }
-}
-
-/// Holds one place under `max-parked`; released on drop.
-pub struct ParkedGuard(Arc<Relay>);
-
-impl Drop for ParkedGuard {
-    fn drop(&mut self) {
-        self.0.parked.fetch_sub(1, Ordering::Relaxed);
-        self.0.metrics.parked_viewers.dec();
+        // A prefetch ran ahead of any viewer: its 404 says only that the
+        // chunk did not exist yet, which must not be remembered.
+        let negative_prefetch = fill.prefetch && status != StatusCode::OK;
+        Ok((policy.store && !negative_prefetch).then_some(Store {
+            initial_age,
+            ttl: policy.ttl,
+        }))
     }
 }
 
@@ -452,7 +477,8 @@ fn age_of(headers: &HeaderMap) -> Duration {
         .get(http::header::AGE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
+        // RFC 9111 §1.2.2: delta-seconds past 2^31 mean 2^31.
+        .map(|s| Duration::from_secs(s.min(1 << 31)))
         .unwrap_or_default()
 }
 

@@ -37,10 +37,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::cache::Entry;
+use crate::flight::{Parked, Refused};
 use crate::key::{KeyError, RawKey};
 use crate::metrics::Outcome;
-use crate::relay::{not_yet_head, Lookup, ParkedGuard, Relay};
-use crate::slot::{Head, HeadWait, Slot, SlotError, Viewer};
+use crate::relay::{not_yet_head, Answer, Relay};
+use crate::slot::{BodyReader, Head, HeadWait, SlotError};
 
 /// The response body type of every relay response.
 pub type Body = UnsyncBoxBody<Bytes, SlotError>;
@@ -70,12 +71,9 @@ pub enum RequestError {
     /// Bad or disallowed chunk name.
     #[error(transparent)]
     Key(#[from] KeyError),
-    /// `max-viewers-per-slot` reached.
-    #[error("too many viewers waiting for this chunk")]
-    SlotFull,
-    /// `max-parked` reached.
-    #[error("too many viewers waiting on this relay")]
-    Overloaded,
+    /// Admission said no (a limit or the memory budget).
+    #[error(transparent)]
+    Refused(#[from] Refused),
     /// `max-connections` reached.
     #[error("too many connections")]
     TooManyConnections,
@@ -99,9 +97,9 @@ impl RequestError {
             RequestError::Loop(_) => StatusCode::LOOP_DETECTED,
             RequestError::Key(KeyError::NotAllowed(_)) => StatusCode::FORBIDDEN,
             RequestError::Key(_) => StatusCode::BAD_REQUEST,
-            RequestError::SlotFull
-            | RequestError::Overloaded
-            | RequestError::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
+            RequestError::Refused(_)
+            | RequestError::TooManyConnections
+            | RequestError::Upstream(SlotError::Memory(_)) => StatusCode::SERVICE_UNAVAILABLE,
             RequestError::Timeout(_) | RequestError::Upstream(SlotError::Timeout(_)) => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -114,8 +112,8 @@ impl RequestError {
     fn limit(&self) -> Option<&'static str> {
         match self {
             RequestError::HeaderTooLarge(_) => Some("header_size"),
-            RequestError::SlotFull => Some("slot_viewers"),
-            RequestError::Overloaded => Some("parked_viewers"),
+            RequestError::Refused(r) => Some(r.reason()),
+            RequestError::Upstream(SlotError::Memory(_)) => Some("memory"),
             RequestError::TooManyConnections => Some("connections"),
             RequestError::Timeout(_) => Some("wait_time"),
             _ => None,
@@ -256,38 +254,55 @@ async fn respond(
     let (key, origin) = relay.origins.resolve(&raw)?;
     tracing::Span::current().record("key", tracing::field::display(&key));
     let range = req.headers().get(http::header::RANGE).cloned();
-    match relay.lookup(&key, &origin, || relay.via_upstream(via.iter())) {
-        Lookup::Hit(entry) => {
+    let (parked, opened) = match relay.join(&key, &origin, || relay.via_upstream(via.iter()))? {
+        Answer::Hit(entry) => {
             relay.metrics.request(Outcome::Hit);
-            serve_entry(relay, &entry, range.as_ref(), head_only)
+            return serve_entry(relay, &entry, range.as_ref(), head_only);
         }
-        Lookup::Slot { slot, opened } => {
-            if slot.viewers() >= relay.config.max_viewers_per_slot {
-                return Err(RequestError::SlotFull);
+        Answer::Slot { parked, opened } => (parked, opened),
+    };
+    let Parked {
+        mut viewer,
+        slot,
+        place,
+    } = parked;
+    let joined = Instant::now();
+    tracing::debug!(viewers = slot.viewers(), opened, "parked on slot");
+    let head = match tokio::time::timeout(relay.config.max_wait, viewer.head()).await {
+        Ok(HeadWait::Head(h)) => h,
+        Ok(HeadWait::Failed(e)) => return Err(e.into()),
+        Err(_) if viewer.saw_not_yet() => Arc::new(not_yet_head()),
+        Err(_) => return Err(RequestError::Timeout(relay.config.max_wait)),
+    };
+    let not_yet = crate::relay::is_not_yet(head.status, &head.headers);
+    relay.metrics.request(match (not_yet, opened) {
+        (true, _) => Outcome::NotYet,
+        (false, true) => Outcome::Miss,
+        (false, false) => Outcome::Coalesced,
+    });
+    let mut resp = response_head(relay, &head, if opened { "MISS" } else { "COALESCED" });
+    if !head_only && !not_yet {
+        let relay = relay.clone();
+        let mut first = true;
+        let s = viewer.into_stream().map(move |piece| {
+            // Owning the place here holds the viewer's place under
+            // `max-parked` until hyper drops the body.
+            let _held = &place;
+            let b = piece?;
+            // The first piece records how long after its upstream arrival
+            // it reached this viewer, if the viewer was already waiting
+            // then (a late joiner was not kept waiting by the fan-out).
+            if std::mem::take(&mut first) {
+                if let Some(t) = slot.first_byte().filter(|t| *t >= joined) {
+                    relay.metrics.delivery.observe(t.elapsed().as_secs_f64());
+                }
             }
-            let parked = relay.park().ok_or(RequestError::Overloaded)?;
-            let joined = Instant::now();
-            let mut viewer = slot.subscribe();
-            tracing::debug!(viewers = slot.viewers(), opened, "parked on slot");
-            let head = match tokio::time::timeout(relay.config.max_wait, viewer.head()).await {
-                Ok(HeadWait::Head(h)) => h,
-                Ok(HeadWait::Failed(e)) => return Err(e.into()),
-                Err(_) if viewer.saw_not_yet() => Arc::new(not_yet_head()),
-                Err(_) => return Err(RequestError::Timeout(relay.config.max_wait)),
-            };
-            let not_yet = crate::relay::is_not_yet(head.status, &head.headers);
-            relay.metrics.request(match (not_yet, opened) {
-                (true, _) => Outcome::NotYet,
-                (false, true) => Outcome::Miss,
-                (false, false) => Outcome::Coalesced,
-            });
-            let mut resp = response_head(relay, &head, if opened { "MISS" } else { "COALESCED" });
-            if !head_only && !not_yet {
-                *resp.body_mut() = viewer_body(relay, slot, viewer, joined, parked);
-            }
-            Ok(resp)
-        }
+            relay.metrics.bytes_out.inc_by(b.len() as u64);
+            Ok(Frame::data(b))
+        });
+        *resp.body_mut() = BodyExt::boxed_unsync(StreamBody::new(s));
     }
+    Ok(resp)
 }
 
 fn response_head(relay: &Relay, head: &Head, x_cache: &'static str) -> Response<Body> {
@@ -296,90 +311,60 @@ fn response_head(relay: &Relay, head: &Head, x_cache: &'static str) -> Response<
     *resp.headers_mut() = head.headers.clone();
     let h = resp.headers_mut();
     h.insert(X_CACHE, HeaderValue::from_static(x_cache));
-    append_via(relay, h);
+    h.append(http::header::VIA, relay.via_entry.clone());
     resp
 }
 
-fn append_via(relay: &Relay, h: &mut http::HeaderMap) {
-    h.append(http::header::VIA, relay.via_entry.clone());
-}
-
-/// One viewer's response body: pieces from the slot as they arrive. The
-/// parked guard lives as long as the body. The first piece records how long
-/// after its upstream arrival it reached this viewer, if the viewer was
-/// already waiting then (a late joiner was not kept waiting by the fan-out).
-fn viewer_body(
-    relay: &Arc<Relay>,
-    slot: Arc<Slot>,
-    viewer: Viewer,
-    joined: Instant,
-    parked: ParkedGuard,
-) -> Body {
-    let relay = relay.clone();
-    let mut first = true;
-    let s = viewer.into_stream().map(move |piece| {
-        // Owning the guard here holds the viewer's place under
-        // `max-parked` until hyper drops the body.
-        let _held = &parked;
-        let b = piece?;
-        if std::mem::take(&mut first) {
-            if let Some(t) = slot.first_byte().filter(|t| *t >= joined) {
-                relay.metrics.delivery.observe(t.elapsed().as_secs_f64());
-            }
-        }
-        relay.metrics.bytes_out.inc_by(b.len() as u64);
-        Ok(Frame::data(b))
-    });
-    BodyExt::boxed_unsync(StreamBody::new(s))
-}
-
-/// Serves a cached object, honouring a single-range `Range` header.
+/// Serves a cached object. A 200 honours a single-range `Range` header; any
+/// other stored status (a negative 404) is sent whole, body included, with
+/// its real length.
 fn serve_entry(
     relay: &Relay,
     entry: &Entry,
     range: Option<&HeaderValue>,
     head_only: bool,
 ) -> Result<Response<Body>, RequestError> {
+    let len = entry.body.len();
     let head = Head {
         status: entry.status,
         headers: entry.headers.clone(),
-        len: Some(entry.len),
+        len: Some(len),
     };
     let mut resp = response_head(relay, &head, "HIT");
     let h = resp.headers_mut();
     h.insert(http::header::AGE, HeaderValue::from(entry.age().as_secs()));
-    if entry.status != StatusCode::OK {
-        return Ok(resp);
-    }
-    h.insert(
-        http::header::ACCEPT_RANGES,
-        HeaderValue::from_static("bytes"),
-    );
-    let pieces = match parse_range(range, entry.len) {
-        RangeSpec::Whole => {
-            h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(entry.len));
-            entry.body.clone()
-        }
-        RangeSpec::Unsatisfiable => return Err(RequestError::Range(entry.len)),
-        RangeSpec::Part(start, end) => {
-            *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
-            let h = resp.headers_mut();
+    h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+    let (start, end) = match entry.status {
+        StatusCode::OK => {
             h.insert(
-                http::header::CONTENT_LENGTH,
-                HeaderValue::from(end - start + 1),
+                http::header::ACCEPT_RANGES,
+                HeaderValue::from_static("bytes"),
             );
-            let cr = format!("bytes {start}-{end}/{}", entry.len);
-            h.insert(
-                http::header::CONTENT_RANGE,
-                HeaderValue::from_str(&cr).expect("ASCII"),
-            );
-            entry.range(start, end)
+            match parse_range(range, len) {
+                RangeSpec::Whole => (0, len),
+                RangeSpec::Unsatisfiable => return Err(RequestError::Range(len)),
+                RangeSpec::Part(start, end) => {
+                    *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+                    let h = resp.headers_mut();
+                    h.insert(
+                        http::header::CONTENT_LENGTH,
+                        HeaderValue::from(end - start + 1),
+                    );
+                    let cr = format!("bytes {start}-{end}/{len}");
+                    h.insert(
+                        http::header::CONTENT_RANGE,
+                        HeaderValue::from_str(&cr).expect("ASCII"),
+                    );
+                    (start, end + 1)
+                }
+            }
         }
+        _ => (0, len),
     };
     if !head_only {
-        let n: u64 = pieces.iter().map(|b| b.len() as u64).sum();
-        relay.metrics.bytes_out.inc_by(n);
-        let s = stream::iter(pieces.into_iter().map(|b| Ok(Frame::data(b))));
+        relay.metrics.bytes_out.inc_by(end - start);
+        let pieces = BodyReader::new(entry.body.clone(), start, end);
+        let s = stream::iter(pieces.map(|b| Ok(Frame::data(b))));
         *resp.body_mut() = BodyExt::boxed_unsync(StreamBody::new(s));
     }
     Ok(resp)
@@ -396,7 +381,9 @@ pub enum RangeSpec {
     Unsatisfiable,
 }
 
-/// Parses a single `bytes=` range against an object of `len` bytes.
+/// Parses a single `bytes=` range against an object of `len` bytes. A
+/// header that is not a valid single byte range is ignored (RFC 9110 §14.2),
+/// so only a valid range wholly outside the object is unsatisfiable.
 pub fn parse_range(value: Option<&HeaderValue>, len: u64) -> RangeSpec {
     let Some(spec) = value
         .and_then(|v| v.to_str().ok())
@@ -404,23 +391,34 @@ pub fn parse_range(value: Option<&HeaderValue>, len: u64) -> RangeSpec {
     else {
         return RangeSpec::Whole;
     };
+    let digits = |s: &str| {
+        let s = s.trim();
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
+    let Some((a, b)) = spec.split_once('-') else {
+        return RangeSpec::Whole;
+    };
     if spec.contains(',') {
         return RangeSpec::Whole;
     }
-    let num = |s: &str| s.trim().parse::<u64>().ok();
-    let bounds = match spec.split_once('-') {
-        Some((a, b)) if a.trim().is_empty() => num(b)
-            .filter(|n| *n > 0 && len > 0)
-            .map(|n| (len.saturating_sub(n), len - 1)),
-        Some((a, b)) if b.trim().is_empty() => num(a).map(|s| (s, len.saturating_sub(1))),
-        Some((a, b)) => num(a)
-            .zip(num(b))
-            .map(|(s, e)| (s, e.min(len.saturating_sub(1)))),
-        None => None,
-    };
-    match bounds {
-        Some((start, end)) if start < len && start <= end => RangeSpec::Part(start, end),
-        _ => RangeSpec::Unsatisfiable,
+    match (a.trim().is_empty(), digits(a), digits(b)) {
+        // bytes=-N: the last N bytes.
+        (true, _, Some(n)) if n > 0 && len > 0 => RangeSpec::Part(len.saturating_sub(n), len - 1),
+        (true, _, Some(_)) => RangeSpec::Unsatisfiable,
+        // bytes=S- and bytes=S-E (E >= S).
+        (false, Some(s), None) if b.trim().is_empty() => satisfiable(s, u64::MAX, len),
+        (false, Some(s), Some(e)) if e >= s => satisfiable(s, e, len),
+        _ => RangeSpec::Whole,
+    }
+}
+
+fn satisfiable(start: u64, end: u64, len: u64) -> RangeSpec {
+    if start < len {
+        RangeSpec::Part(start, end.min(len - 1))
+    } else {
+        RangeSpec::Unsatisfiable
     }
 }
 
@@ -628,7 +626,7 @@ fn admin(relay: &Relay, path: &str) -> Response<Body> {
         "/metrics" => (
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            relay.metrics.render(),
+            relay.render_metrics(),
         ),
         "/healthz" if relay.is_draining() => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -654,8 +652,11 @@ mod tests {
         assert_eq!(r("bytes=-1000", 100), RangeSpec::Part(0, 99));
         assert_eq!(r("bytes=50-1000", 100), RangeSpec::Part(50, 99));
         assert_eq!(r("bytes=100-", 100), RangeSpec::Unsatisfiable);
-        assert_eq!(r("bytes=5-2", 100), RangeSpec::Unsatisfiable);
-        assert_eq!(r("bytes=x-2", 100), RangeSpec::Unsatisfiable);
+        // Invalid ranges are ignored, not refused (RFC 9110 §14.2).
+        assert_eq!(r("bytes=5-2", 100), RangeSpec::Whole);
+        assert_eq!(r("bytes=x-2", 100), RangeSpec::Whole);
+        assert_eq!(r("bytes=+1-2", 100), RangeSpec::Whole);
+        assert_eq!(r("bytes=1", 100), RangeSpec::Whole);
         assert_eq!(r("bytes=-0", 100), RangeSpec::Unsatisfiable);
         assert_eq!(r("bytes=0-0", 0), RangeSpec::Unsatisfiable);
         assert_eq!(r("bytes=0-1,5-6", 100), RangeSpec::Whole);
@@ -672,7 +673,7 @@ mod tests {
         assert_eq!(RequestError::Key(KeyError::NoAuthority).status(), 400);
         assert_eq!(RequestError::Loop("a".into()).status(), 508);
         assert_eq!(RequestError::HeaderTooLarge(1).status(), 431);
-        assert_eq!(RequestError::Overloaded.status(), 503);
+        assert_eq!(RequestError::Refused(Refused::Memory).status(), 503);
         assert_eq!(RequestError::Timeout(Duration::ZERO).status(), 504);
         assert_eq!(RequestError::Upstream(SlotError::TooLarge).status(), 502);
     }

@@ -177,7 +177,7 @@ async fn body_cut_midway_fails_every_viewer_and_is_not_cached() {
     assert_ne!(again.x_cache(), "HIT");
     assert!(again.status != StatusCode::OK || again.body.is_err());
     assert_eq!(origin.requests(path), 2, "a failed body is never cached");
-    assert_eq!(r.relay.cache.usage().entries, 0);
+    assert_eq!(r.relay.cache().usage().entries, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,7 +217,7 @@ async fn upstream_killed_midbody_resets_downstream() {
             assert!(got.body.is_err(), "truncated chunk passed as complete");
         }
     }
-    assert_eq!(child.relay.cache.usage().entries, 0);
+    assert_eq!(child.relay.cache().usage().entries, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
