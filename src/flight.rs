@@ -113,7 +113,14 @@ pub struct Flights {
     limits: Limits,
     parked: AtomicUsize,
     metrics: Arc<Metrics>,
+    /// The size of the last body that did not fit, and when: admission asks
+    /// for that much room for a while, so a full budget refuses new fetches
+    /// up front instead of letting each one fetch a head it cannot keep.
+    shortfall: Mutex<Option<(usize, Instant)>>,
 }
+
+/// How long a body that did not fit raises the room admission asks for.
+const SHORTFALL_MEMORY: Duration = Duration::from_secs(10);
 
 impl Flights {
     /// An empty table.
@@ -130,6 +137,7 @@ impl Flights {
             limits,
             parked: AtomicUsize::new(0),
             metrics,
+            shortfall: Mutex::new(None),
         })
     }
 
@@ -200,7 +208,11 @@ impl Flights {
         {
             return Err(Refused::OriginFetches);
         }
-        let reserve = self.limits.admit_reserve;
+        let recent = match *self.shortfall.lock() {
+            Some((n, at)) if at.elapsed() < SHORTFALL_MEMORY => n,
+            _ => 0,
+        };
+        let reserve = self.limits.admit_reserve.max(recent);
         if !self.budget.has_room(reserve) {
             let evicted = self.cache.shed(|| self.budget.has_room(reserve));
             self.metrics.cache_evictions.inc_by(evicted as u64);
@@ -209,6 +221,11 @@ impl Flights {
             }
         }
         Ok(())
+    }
+
+    /// Records that a body of `bytes` did not fit in the budget.
+    pub fn note_shortfall(&self, bytes: usize) {
+        *self.shortfall.lock() = Some((bytes, Instant::now()));
     }
 
     fn place(self: &Arc<Self>) -> Result<Place, Refused> {

@@ -334,7 +334,10 @@ impl Relay {
             let budget = &self.flights.budget;
             let evicted = self.flights.cache.shed(|| budget.has_room(want));
             self.metrics.cache_evictions.inc_by(evicted as u64);
-            w.push_all(batch.iter().cloned())?;
+            w.push_all(batch.iter().cloned()).inspect_err(|e| {
+                let held = w.slot().received() as usize;
+                self.flights.note_shortfall(held + e.wanted)
+            })?;
         }
         batch.clear();
         Ok(())
@@ -401,11 +404,13 @@ impl Relay {
             .then(|| next_link(&headers, key))
             .flatten()
             .filter(|_| slot.viewers() > 0);
-        writer.publish_head(Head {
-            status,
-            headers,
-            len,
-        })?;
+        writer
+            .publish_head(Head {
+                status,
+                headers,
+                len,
+            })
+            .inspect_err(|e| self.flights.note_shortfall(e.wanted))?;
         if let Some(path) = next {
             self.prefetch(
                 ChunkKey {
@@ -419,43 +424,44 @@ impl Relay {
         let mut received = 0u64;
         let mut batch = Vec::new();
         let mut ended = false;
+        let mut last_push: Option<Instant> = None;
         while !ended {
-            // Wait for one frame, then take every frame that is already
-            // buffered, so a burst wakes the viewers once.
-            let mut next = match tokio::time::timeout(cfg.body_idle_timeout, body.frame()).await {
-                Err(_) => return Err(SlotError::Truncated("upstream body stalled".into())),
-                Ok(f) => f,
-            };
-            loop {
-                match next {
-                    None => {
-                        ended = true;
-                        break;
-                    }
-                    Some(Err(e)) => {
-                        self.push(fill, &mut batch)?;
-                        return Err(SlotError::Truncated(e.to_string().into()));
-                    }
-                    Some(Ok(frame)) => {
-                        if let Ok(data) = frame.into_data() {
-                            received += data.len() as u64;
-                            if received > max {
-                                return Err(SlotError::TooLarge);
-                            }
-                            self.metrics.bytes_in.inc_by(data.len() as u64);
-                            batch.push(data);
-                        }
-                    }
-                }
+            let first = tokio::time::timeout(cfg.body_idle_timeout, body.frame())
+                .await
+                .map_err(|_| SlotError::Truncated("upstream body stalled".into()))?;
+            let mut step = absorb(first, &mut batch, &mut received, max);
+            // Take every frame that is already buffered, so a burst wakes
+            // the viewers once.
+            while matches!(step, Ok(false)) {
                 match body.frame().now_or_never() {
-                    Some(f) => next = f,
+                    Some(f) => step = absorb(f, &mut batch, &mut received, max),
                     None => break,
                 }
             }
+            // A trickle of small frames (an origin can send one byte per
+            // chunk) is gathered for up to COALESCE_WINDOW after the last
+            // publication, so it costs one wake-up and one piece per window,
+            // not per frame. The first frame after a quiet spell is not held.
+            if let Some(t) = last_push {
+                let until = tokio::time::Instant::from_std(t + COALESCE_WINDOW);
+                while matches!(step, Ok(false))
+                    && batch.iter().map(|b: &bytes::Bytes| b.len()).sum::<usize>()
+                        < crate::slot::MERGE_BELOW
+                {
+                    match tokio::time::timeout_at(until, body.frame()).await {
+                        Ok(f) => step = absorb(f, &mut batch, &mut received, max),
+                        Err(_) => break,
+                    }
+                }
+            }
+            let n: usize = batch.iter().map(|b| b.len()).sum();
+            self.metrics.bytes_in.inc_by(n as u64);
             self.push(fill, &mut batch)?;
+            last_push = Some(Instant::now());
             self.metrics
                 .memory_used
                 .set(self.flights.budget.used() as i64);
+            ended = step?;
         }
         if len.is_some_and(|l| l != received) {
             return Err(SlotError::Truncated(
@@ -480,6 +486,33 @@ fn age_of(headers: &HeaderMap) -> Duration {
         // RFC 9111 §1.2.2: delta-seconds past 2^31 mean 2^31.
         .map(|s| Duration::from_secs(s.min(1 << 31)))
         .unwrap_or_default()
+}
+
+/// How long a trickle of small body frames is gathered into one piece.
+const COALESCE_WINDOW: Duration = Duration::from_millis(1);
+
+/// Adds one upstream body frame to `batch`. `Ok(true)` at the clean end of
+/// the body.
+fn absorb(
+    frame: Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>,
+    batch: &mut Vec<bytes::Bytes>,
+    received: &mut u64,
+    max: u64,
+) -> Result<bool, SlotError> {
+    match frame {
+        None => Ok(true),
+        Some(Err(e)) => Err(SlotError::Truncated(e.to_string().into())),
+        Some(Ok(frame)) => {
+            if let Ok(data) = frame.into_data() {
+                *received += data.len() as u64;
+                if *received > max {
+                    return Err(SlotError::TooLarge);
+                }
+                batch.push(data);
+            }
+            Ok(false)
+        }
+    }
 }
 
 /// The path of the chunk a `Link: <...>; rel="next"` header names, if it is on

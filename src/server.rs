@@ -113,7 +113,7 @@ impl RequestError {
         match self {
             RequestError::HeaderTooLarge(_) => Some("header_size"),
             RequestError::Refused(r) => Some(r.reason()),
-            RequestError::Upstream(SlotError::Memory(_)) => Some("memory"),
+            RequestError::Upstream(SlotError::Memory(_)) => Some("memory_fill"),
             RequestError::TooManyConnections => Some("connections"),
             RequestError::Timeout(_) => Some("wait_time"),
             _ => None,

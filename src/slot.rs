@@ -313,6 +313,11 @@ impl Slot {
         self.tx.borrow().first_byte
     }
 
+    /// Body bytes received so far.
+    pub fn received(&self) -> u64 {
+        self.tx.borrow().body().len()
+    }
+
     /// Whether the slot has ended (cleanly or not).
     pub fn ended(&self) -> bool {
         matches!(self.tx.borrow().phase, Phase::Done(..) | Phase::Failed(..))
