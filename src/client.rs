@@ -4,15 +4,32 @@
 //!
 //! Sources for a chunk, in order: the relay the anycast probe found (if it
 //! says it is healthy), the relays given explicitly, then the origin itself.
-//! A chunk is decrypted record by record (RFC 8188), and plaintext goes to
-//! the output only after its record authenticates. If a source fails (it is
-//! down, it resets, or it sends bytes that do not authenticate), the chunk is
-//! fetched again from the next source. The plaintext already written is
-//! skipped, so the output stays exact and nothing is lost. A relay failure
-//! also triggers a new probe, because routing may now lead to another relay.
+//! Nothing a source sends is trusted until checked (docs/protocol.md §8):
+//!
+//! 1. the response must say `Content-Encoding: aes128gcm` and nothing else
+//!    ([`ece::check_coding`]); a body without it could be anything;
+//! 2. the RFC 8188 header's `rs` must be within `ece::MIN_RS..=ece::MAX_RS`,
+//!    checked before a byte is buffered for a record;
+//! 3. the header's key id must be the one the manifest gives for this chunk
+//!    ([`KeyIndex`]), checked before the API is asked for any key;
+//! 4. every record must authenticate under the key derived from that key and
+//!    the chunk's binding name ([`ece::name_key`]), so another chunk (an old
+//!    one, or one for another name) fails its first record.
+//!
+//! Plaintext is streamed: a record's plaintext goes to the output as soon as
+//! its tag verifies, so memory per chunk is one record (at most 1 MiB), not
+//! one chunk. If a source fails (it is down, it resets, or any check above
+//! fails), the chunk is fetched again from the next source; that source's
+//! plaintext is decrypted from the start and the part already written is
+//! skipped, so the output stays exact: nothing duplicated, nothing lost,
+//! nothing unverified. `written` advances with each completed `write` call,
+//! so a timeout that cancels an attempt mid-write cannot make a byte be
+//! written twice. A relay failure also triggers a new probe, because routing
+//! may now lead to another relay. Name resolution is asynchronous
+//! (`tokio::net::lookup_host`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +43,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::ece::{self, Decoder, EceError, Header};
-use crate::manifest::{KeyDoc, Manifest};
+use crate::manifest::{ChunkRef, KeyDoc, KeyIndex, Manifest};
 use crate::probe;
 
 /// Largest manifest or key document the client reads.
@@ -66,6 +83,56 @@ pub enum ClientError {
     /// Writing the output failed.
     #[error("output: {0}")]
     Output(#[from] std::io::Error),
+    /// No manifest lists the chunk, so its key id is unknown and nothing it
+    /// is served as could be verified.
+    #[error("{0} is not in its title's manifest: its key id is unknown")]
+    UnknownChunk(String),
+}
+
+/// Why one source failed for one chunk; the client then tries the next
+/// source.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The origin's authority did not resolve.
+    #[error("resolve {0}: {1}")]
+    Resolve(String, String),
+    /// No connection.
+    #[error("connect: {0}")]
+    Connect(String),
+    /// The request failed before a response head.
+    #[error("request: {0}")]
+    Request(String),
+    /// A status other than 200 (or "not yet").
+    #[error("status {0}")]
+    Status(StatusCode),
+    /// The body failed in transit.
+    #[error("body: {0}")]
+    Body(String),
+    /// Content coding, header, record or authentication failure.
+    #[error("{0}")]
+    Ece(#[from] EceError),
+    /// The header names a key id other than the manifest's for this chunk.
+    #[error("key id {got:?} is not this chunk's (the manifest says {expected:?})")]
+    KeyId {
+        /// What the header said.
+        got: String,
+        /// What the manifest says.
+        expected: String,
+    },
+    /// The chunk's key could not be had from the API.
+    #[error("key: {0}")]
+    Key(String),
+    /// A verified body shorter than what an earlier source already verified.
+    #[error("verified plaintext ends at {got} bytes, but {written} were already written")]
+    Inconsistent {
+        /// Plaintext length of this source's body.
+        got: u64,
+        /// Plaintext already written for this chunk.
+        written: u64,
+    },
+    /// The attempt ran out of time.
+    #[error("no complete chunk within {0:?}")]
+    Timeout(Duration),
 }
 
 /// A parsed `mlcache://AUTHORITY/PATH`.
@@ -78,6 +145,13 @@ pub struct Name {
 }
 
 impl Name {
+    /// The binding name the chunk's ciphertext is bound to
+    /// (`manifest::binding_name`).
+    pub fn binding(&self) -> Result<String, ClientError> {
+        crate::manifest::binding_name(&self.authority, &self.path)
+            .map_err(|_| ClientError::BadName(self.to_string()))
+    }
+
     /// Parses a chunk or title name.
     pub fn parse(s: &str) -> Result<Name, ClientError> {
         let rest = s
@@ -179,7 +253,10 @@ pub struct Fetched {
 pub struct Client {
     cfg: ClientConfig,
     tls: Arc<rustls::ClientConfig>,
-    keys: Mutex<HashMap<String, Vec<u8>>>,
+    /// Keys by (authority, key id): key ids are per origin.
+    keys: Mutex<HashMap<(String, String), Vec<u8>>>,
+    /// Key id indexes of titles, by the title's binding name.
+    titles: Mutex<HashMap<String, Arc<KeyIndex>>>,
     nearest: Mutex<Option<SocketAddr>>,
     probed: Mutex<Option<std::time::Instant>>,
     events: Mutex<Vec<Event>>,
@@ -203,6 +280,7 @@ impl Client {
             cfg,
             tls,
             keys: Mutex::new(HashMap::new()),
+            titles: Mutex::new(HashMap::new()),
             nearest: Mutex::new(None),
             probed: Mutex::new(None),
             events: Mutex::new(Vec::new()),
@@ -325,9 +403,10 @@ impl Client {
         serde_json::from_slice(&body).map_err(|e| ClientError::Api(format!("bad manifest: {e}")))
     }
 
-    /// The key for `keyid` (cached).
+    /// The key for `keyid` of the origin `authority` (cached).
     pub async fn key(&self, authority: &str, keyid: &str) -> Result<Vec<u8>, ClientError> {
-        if let Some(k) = self.keys.lock().get(keyid) {
+        let id = (authority.to_string(), keyid.to_string());
+        if let Some(k) = self.keys.lock().get(&id) {
             return Ok(k.clone());
         }
         let enc: String = keyid
@@ -342,19 +421,92 @@ impl Client {
         let body = self.api_get(authority, &format!("/keys/{enc}")).await?;
         let doc: KeyDoc = serde_json::from_slice(&body)
             .map_err(|e| ClientError::Api(format!("bad key document: {e}")))?;
+        if doc.keyid != keyid {
+            return Err(ClientError::Api(format!(
+                "asked for key {keyid:?}, got {:?}",
+                doc.keyid
+            )));
+        }
         let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(doc.key.as_bytes())
             .map_err(|e| ClientError::Api(format!("bad key encoding: {e}")))?;
-        self.keys.lock().insert(keyid.to_string(), key.clone());
+        self.keys.lock().insert(id, key.clone());
         Ok(key)
     }
 
-    /// Fetches one chunk and writes its verified plaintext to `out`.
+    /// The key id the manifest gives for chunk `name`. A chunk belongs to
+    /// the title one path segment up (`mlcache://A/vod/3` to
+    /// `mlcache://A/vod`, `mlcache://A/live/0/7` to `mlcache://A/live/0`);
+    /// that title's manifest is read once and indexed, and read again once
+    /// if it does not list the chunk (a VOD title may have grown, a live
+    /// stream may have ended).
+    pub async fn keyid_of(&self, name: &Name) -> Result<String, ClientError> {
+        let binding = name.binding()?;
+        let path = name.path.split(['?', '#']).next().unwrap_or("");
+        let parent = path
+            .rsplit_once('/')
+            .map(|(p, _)| p)
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| ClientError::UnknownChunk(name.to_string()))?;
+        let title = Name {
+            authority: name.authority.clone(),
+            path: parent.to_string(),
+        };
+        let title_key = title.binding()?;
+        for reread in [false, true] {
+            let cached = self.titles.lock().get(&title_key).cloned();
+            let index = match cached {
+                Some(i) if !reread => i,
+                _ => {
+                    let m = self.manifest(&title).await?;
+                    let i = Arc::new(
+                        KeyIndex::new(&m)
+                            .map_err(|e| ClientError::Api(format!("bad manifest: {e}")))?,
+                    );
+                    self.titles.lock().insert(title_key.clone(), i.clone());
+                    i
+                }
+            };
+            if let Some(k) = index.keyid_for(&binding) {
+                return Ok(k);
+            }
+        }
+        Err(ClientError::UnknownChunk(name.to_string()))
+    }
+
+    /// Fetches one chunk and writes its verified plaintext to `out`. Its key
+    /// id comes from its title's manifest ([`Client::keyid_of`]).
     pub async fn fetch<W: AsyncWrite + Unpin>(
         &self,
         name: &Name,
         out: &mut W,
     ) -> Result<Fetched, ClientError> {
+        let keyid = self.keyid_of(name).await?;
+        self.fetch_as(name, &keyid, out).await
+    }
+
+    /// Fetches a chunk a manifest listed, under the key id it gave.
+    pub async fn fetch_chunk<W: AsyncWrite + Unpin>(
+        &self,
+        chunk: &ChunkRef,
+        out: &mut W,
+    ) -> Result<Fetched, ClientError> {
+        self.fetch_as(&Name::parse(&chunk.name)?, &chunk.keyid, out)
+            .await
+    }
+
+    /// Fetches chunk `name`, which must be under `keyid`, from the first
+    /// source that delivers it verified.
+    async fn fetch_as<W: AsyncWrite + Unpin>(
+        &self,
+        name: &Name,
+        keyid: &str,
+        out: &mut W,
+    ) -> Result<Fetched, ClientError> {
+        let want = Expect {
+            binding: name.binding()?,
+            keyid: keyid.to_string(),
+        };
         let stale = self.probed.lock().is_some_and(|t| t.elapsed() >= REPROBE);
         if self.nearest().is_none() && stale {
             self.discover().await;
@@ -371,7 +523,7 @@ impl Client {
                 tried.insert(src.clone());
                 let attempt = tokio::time::timeout(
                     self.cfg.fetch_timeout,
-                    self.attempt(&src, name, out, &mut written),
+                    self.attempt(&src, name, &want, out, &mut written),
                 )
                 .await;
                 let err = match attempt {
@@ -383,8 +535,8 @@ impl Client {
                         });
                     }
                     Ok(Err(Fail::Output(e))) => return Err(ClientError::Output(e)),
-                    Ok(Err(Fail::Source(e))) => e,
-                    Err(_) => format!("no complete chunk within {:?}", self.cfg.fetch_timeout),
+                    Ok(Err(Fail::Source(e))) => e.to_string(),
+                    Err(_) => SourceError::Timeout(self.cfg.fetch_timeout).to_string(),
                 };
                 tracing::warn!(chunk = %name, source = %src, error = %err, "source failed; refetching from the next one");
                 self.events.lock().push(Event {
@@ -411,11 +563,12 @@ impl Client {
         &self,
         src: &Source,
         name: &Name,
+        want: &Expect,
         out: &mut W,
         written: &mut u64,
     ) -> Result<(), Fail> {
         loop {
-            match self.attempt_once(src, name, out, written).await? {
+            match self.attempt_once(src, name, want, out, written).await? {
                 Attempt::Done => return Ok(()),
                 Attempt::NotYet => continue,
             }
@@ -426,6 +579,7 @@ impl Client {
         &self,
         src: &Source,
         name: &Name,
+        want: &Expect,
         out: &mut W,
         written: &mut u64,
     ) -> Result<Attempt, Fail> {
@@ -435,18 +589,24 @@ impl Client {
                 Request::get(format!("http://{}{}", name.authority, name.path)),
             ),
             Source::Origin(auth) => {
-                let a = auth
-                    .to_socket_addrs()
-                    .map_err(|e| format!("resolve {auth}: {e}"))?
+                // Chunks come from the origin in clear HTTP: port 80 unless
+                // the name says otherwise.
+                let resolve =
+                    |e: &dyn std::fmt::Display| SourceError::Resolve(auth.clone(), e.to_string());
+                let hostport =
+                    crate::manifest::canonical_authority(auth).map_err(|e| resolve(&e))?;
+                let a = tokio::net::lookup_host(hostport.as_str())
+                    .await
+                    .map_err(|e| resolve(&e))?
                     .next()
-                    .ok_or_else(|| format!("resolve {auth}: no address"))?;
+                    .ok_or_else(|| resolve(&"no address"))?;
                 (a, Request::get(name.path.as_str()))
             }
         };
         let req = req
             .header(http::header::HOST, name.authority.as_str())
             .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| SourceError::Request(e.to_string()))?;
         // Keep-alive, as players do: reuse the source's idle connection. One
         // the server has closed meanwhile fails before any response, and is
         // replaced by a fresh one without blaming the source.
@@ -457,9 +617,9 @@ impl Client {
                 send = self.connection(addr).await?.0;
                 send.send_request(req)
                     .await
-                    .map_err(|e| format!("request: {e}"))?
+                    .map_err(|e| SourceError::Request(e.to_string()))?
             }
-            Err(e) => return Err(format!("request: {e}").into()),
+            Err(e) => return Err(SourceError::Request(e.to_string()).into()),
         };
         let status = resp.status();
         if status == StatusCode::NOT_FOUND
@@ -471,12 +631,11 @@ impl Client {
             return Ok(Attempt::NotYet);
         }
         if status != StatusCode::OK {
-            return Err(format!("status {status}").into());
+            return Err(SourceError::Status(status).into());
         }
-        let encrypted = resp
-            .headers()
-            .get(http::header::CONTENT_ENCODING)
-            .is_some_and(|v| v == ece::CODING);
+        // Without the coding the body is unverifiable: not one byte of it
+        // may reach the output.
+        ece::check_coding(resp.headers()).map_err(SourceError::Ece)?;
         let mut body = resp.into_body();
         let mut pos = 0u64; // plaintext offset within this attempt
         let mut head: Vec<u8> = Vec::new();
@@ -484,39 +643,38 @@ impl Client {
         loop {
             let frame = match body.frame().await {
                 None => break,
-                Some(f) => f.map_err(|e| format!("body: {e}"))?,
+                Some(f) => f.map_err(|e| SourceError::Body(e.to_string()))?,
             };
             let Ok(data) = frame.into_data() else {
                 continue;
             };
-            let plain = if !encrypted {
-                data.to_vec()
-            } else if let Some(d) = dec.as_mut() {
-                d.push(&data).map_err(|e| e.to_string())?
+            let plain = if let Some(d) = dec.as_mut() {
+                d.push(&data).map_err(SourceError::Ece)?
             } else {
                 head.extend_from_slice(&data);
-                let Some((h, _)) = Header::parse(&head).map_err(|e| e.to_string())? else {
+                // `rs` is bounded here, before the decoder buffers a record.
+                let Some((h, _)) = Header::parse(&head).map_err(SourceError::Ece)? else {
                     continue;
                 };
-                let key = self
-                    .key_for(name, &h)
-                    .await
-                    .map_err(|e| format!("key: {e}"))?;
-                let mut d: KeyedDecoder = Decoder::new(Box::new(move |_| Some(key.clone())));
+                let ikm = self.chunk_key(name, want, &h).await?;
+                let mut d: KeyedDecoder = Decoder::new(Box::new(move |_| Some(ikm.to_vec())));
                 let p = d
                     .push(&std::mem::take(&mut head))
-                    .map_err(|e| e.to_string())?;
+                    .map_err(SourceError::Ece)?;
                 dec = Some(d);
                 p
             };
             emit(out, &plain, &mut pos, written).await?;
         }
-        if encrypted {
-            let d = dec
-                .as_mut()
-                .ok_or_else(|| Fail::Source(EceError::Truncated.to_string()))?;
-            let plain = d.finish().map_err(|e| e.to_string())?;
-            emit(out, &plain, &mut pos, written).await?;
+        let d = dec.as_mut().ok_or(SourceError::Ece(EceError::Truncated))?;
+        let plain = d.finish().map_err(SourceError::Ece)?;
+        emit(out, &plain, &mut pos, written).await?;
+        if pos < *written {
+            return Err(SourceError::Inconsistent {
+                got: pos,
+                written: *written,
+            }
+            .into());
         }
         out.flush().await.map_err(Fail::Output)?;
         self.give_back(addr, send);
@@ -531,11 +689,11 @@ impl Client {
         }
         let tcp = TcpStream::connect(addr)
             .await
-            .map_err(|e| format!("connect: {e}"))?;
+            .map_err(|e| SourceError::Connect(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
         let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| SourceError::Connect(e.to_string()))?;
         tokio::spawn(conn);
         Ok((send, false))
     }
@@ -547,11 +705,29 @@ impl Client {
         }
     }
 
-    async fn key_for(&self, name: &Name, h: &Header) -> Result<Vec<u8>, ClientError> {
-        let keyid = String::from_utf8(h.keyid.clone())
-            .map_err(|_| ClientError::Api("non-UTF-8 key id".into()))?;
-        self.key(&name.authority, &keyid).await
+    /// The RFC 8188 IKM for a body whose header is `h`: only if the header
+    /// names the chunk's own key id (checked before the API is asked for
+    /// anything), and bound to the chunk's binding name.
+    async fn chunk_key(&self, name: &Name, want: &Expect, h: &Header) -> Result<[u8; 16], Fail> {
+        if h.keyid != want.keyid.as_bytes() {
+            return Err(SourceError::KeyId {
+                got: String::from_utf8_lossy(&h.keyid).into_owned(),
+                expected: want.keyid.clone(),
+            }
+            .into());
+        }
+        let key = self
+            .key(&name.authority, &want.keyid)
+            .await
+            .map_err(|e| SourceError::Key(e.to_string()))?;
+        Ok(ece::name_key(&key, &want.binding))
     }
+}
+
+/// What a chunk's body must prove: its binding name and its key id.
+struct Expect {
+    binding: String,
+    keyid: String,
 }
 
 /// A decoder that already holds the one key its chunk needs.
@@ -561,18 +737,21 @@ type KeyedDecoder = Decoder<Box<dyn FnMut(&[u8]) -> Option<Vec<u8>> + Send>>;
 /// output's (stop).
 #[derive(Debug)]
 enum Fail {
-    Source(String),
+    Source(SourceError),
     Output(std::io::Error),
 }
 
-impl From<String> for Fail {
-    fn from(s: String) -> Fail {
-        Fail::Source(s)
+impl From<SourceError> for Fail {
+    fn from(e: SourceError) -> Fail {
+        Fail::Source(e)
     }
 }
 
 /// Writes the part of `plain` (which starts at plaintext offset `pos`) that
-/// lies beyond what was already written for this chunk.
+/// lies beyond what was already written for this chunk. `written` advances
+/// after every `write` call rather than after the whole slice: if the
+/// attempt is cancelled (its timeout) mid-slice, the bytes already out are
+/// counted and the next source does not write them again.
 async fn emit<W: AsyncWrite + Unpin>(
     out: &mut W,
     plain: &[u8],
@@ -580,10 +759,13 @@ async fn emit<W: AsyncWrite + Unpin>(
     written: &mut u64,
 ) -> Result<(), Fail> {
     let end = *pos + plain.len() as u64;
-    if end > *written {
+    while end > *written {
         let from = (*written - *pos) as usize;
-        out.write_all(&plain[from..]).await.map_err(Fail::Output)?;
-        *written = end;
+        let n = out.write(&plain[from..]).await.map_err(Fail::Output)?;
+        if n == 0 {
+            return Err(Fail::Output(std::io::ErrorKind::WriteZero.into()));
+        }
+        *written += n as u64;
     }
     *pos = end;
     Ok(())
@@ -602,7 +784,7 @@ pub async fn get_title<W: AsyncWrite + Unpin>(
     };
     let mut total = 0;
     for c in &chunks {
-        total += client.fetch(&Name::parse(&c.name)?, out).await?.bytes;
+        total += client.fetch_chunk(c, out).await?.bytes;
     }
     Ok(total)
 }
@@ -634,7 +816,7 @@ pub async fn play<W: AsyncWrite + Unpin>(
     let mut seq = start;
     while count.is_none_or(|c| n < c) && last.is_none_or(|l| seq <= l) {
         let c = Manifest::live_chunk(&template, &keyid_template, key_rotation, seq);
-        let f = client.fetch(&Name::parse(&c.name)?, out).await?;
+        let f = client.fetch_chunk(&c, out).await?;
         tracing::debug!(seq, bytes = f.bytes, source = %f.source, "chunk played");
         n += 1;
         seq += 1;
@@ -677,5 +859,62 @@ mod tests {
             .unwrap();
         assert_eq!(out, b"hello world");
         assert_eq!(written, 11);
+    }
+
+    /// A writer that takes at most 3 bytes per call and then blocks once its
+    /// budget is spent.
+    struct Stingy {
+        got: Vec<u8>,
+        budget: usize,
+    }
+
+    impl AsyncWrite for Stingy {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let n = buf.len().min(3).min(self.budget);
+            if n == 0 {
+                return std::task::Poll::Pending;
+            }
+            self.budget -= n;
+            self.got.extend_from_slice(&buf[..n]);
+            std::task::Poll::Ready(Ok(n))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn an_attempt_cancelled_mid_write_duplicates_nothing() {
+        use futures_util::FutureExt;
+        let mut out = Stingy {
+            got: Vec::new(),
+            budget: 7,
+        };
+        let (mut written, mut pos) = (0, 0);
+        // The first source's record is cut off after 7 bytes by cancellation
+        // (as the fetch timeout does): the future is dropped while pending.
+        let first = emit(&mut out, b"hello world", &mut pos, &mut written).now_or_never();
+        assert!(first.is_none(), "the write blocked");
+        assert_eq!(written, 7, "bytes already out are counted");
+        out.budget = usize::MAX;
+        let mut pos = 0;
+        emit(&mut out, b"hello world", &mut pos, &mut written)
+            .now_or_never()
+            .unwrap()
+            .unwrap();
+        assert_eq!(out.got, b"hello world");
     }
 }

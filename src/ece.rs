@@ -15,6 +15,17 @@
 //! ```
 //!
 //! Every record but the last is exactly `rs` octets of ciphertext.
+//!
+//! Two mlcache rules sit on top of the RFC (docs/protocol.md §8):
+//!
+//! - **Binding to the name.** The IKM is not the key the API serves but
+//!   [`name_key`]`(key, NAME)`, so a body only decrypts under the chunk name
+//!   it was made for; a relay that serves chunk M for chunk N fails the first
+//!   record's tag. The framing above stays exactly RFC 8188, so any RFC 8188
+//!   library encrypts and decrypts mlcache chunks given the derived IKM.
+//! - **Bounded records.** A header naming `rs` over [`MAX_RS`] is refused
+//!   before anything is buffered for it: `rs` is not authenticated, and the
+//!   decoder holds up to one record.
 
 use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::{Aes128Gcm, Nonce};
@@ -30,6 +41,13 @@ pub const MIN_RS: u32 = 18;
 /// The record size the origin uses: small enough that a viewer verifies and
 /// releases plaintext every 4 KiB while a chunk streams in.
 pub const DEFAULT_RS: u32 = 4096;
+/// Largest record size a decoder accepts (1 MiB). The decoder holds one
+/// record before it can verify it, and `rs` comes unauthenticated from
+/// whoever relayed the body, so this bounds what a relay can make a viewer
+/// buffer.
+pub const MAX_RS: u32 = 1 << 20;
+/// HKDF info prefix of the name binding (see [`name_key`]).
+pub const NAME_INFO: &[u8] = b"mlcache chunk name\0";
 
 /// Why decoding failed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -52,6 +70,51 @@ pub enum EceError {
     /// The decoder has no key for this key id.
     #[error("no key for key id {0:?}")]
     UnknownKey(String),
+    /// The response does not say `Content-Encoding: aes128gcm` (alone).
+    #[error("Content-Encoding is {0}, not exactly aes128gcm: unverifiable")]
+    Coding(String),
+}
+
+/// Derives the IKM of one chunk from the key its key id names and the
+/// chunk's binding name (`manifest::binding_name`):
+///
+/// ```text
+/// IKM' = HKDF-SHA-256(salt = "", IKM = key, info = "mlcache chunk name\0" || NAME, L = 16)
+/// ```
+///
+/// The body is plain RFC 8188 under `IKM'`, so a body made for one name does
+/// not authenticate under any other.
+pub fn name_key(key: &[u8], name: &str) -> [u8; 16] {
+    let hk = Hkdf::<Sha256>::new(None, key);
+    let mut ikm = [0u8; 16];
+    hk.expand_multi_info(&[NAME_INFO, name.as_bytes()], &mut ikm)
+        .expect("16 bytes is a valid HKDF length");
+    ikm
+}
+
+/// Checks that a response's content coding is exactly `aes128gcm`: one
+/// `Content-Encoding` field, one token, compared case-insensitively (RFC 9110
+/// §8.4.1). Anything else (no field, `identity`, `gzip`, a list, a second
+/// field) means the body is not what the origin encrypted and must not be
+/// trusted.
+pub fn check_coding(headers: &http::HeaderMap) -> Result<(), EceError> {
+    let mut all = headers.get_all(http::header::CONTENT_ENCODING).iter();
+    let (first, second) = (all.next(), all.next());
+    let Some(v) = first else {
+        return Err(EceError::Coding("absent".into()));
+    };
+    if second.is_some() {
+        return Err(EceError::Coding("given twice".into()));
+    }
+    let token = v.to_str().unwrap_or("").trim_matches([' ', '\t']);
+    if token.eq_ignore_ascii_case(CODING) {
+        Ok(())
+    } else {
+        Err(EceError::Coding(format!(
+            "{:?}",
+            String::from_utf8_lossy(v.as_bytes())
+        )))
+    }
 }
 
 struct Keys {
@@ -96,18 +159,26 @@ pub struct Header {
 
 impl Header {
     /// Parses a header from the start of `b`; `Ok(None)` when more bytes are
-    /// needed.
+    /// needed. The record size is checked as soon as its four octets are
+    /// there: below [`MIN_RS`] (RFC 8188 §2.1) or above [`MAX_RS`] is an
+    /// error.
     pub fn parse(b: &[u8]) -> Result<Option<(Header, usize)>, EceError> {
+        if b.len() < 20 {
+            return Ok(None);
+        }
+        let rs = u32::from_be_bytes(b[16..20].try_into().expect("4 bytes"));
+        if rs < MIN_RS {
+            return Err(EceError::Header("record size below 18"));
+        }
+        if rs > MAX_RS {
+            return Err(EceError::Header("record size above 1 MiB"));
+        }
         if b.len() < 21 {
             return Ok(None);
         }
         let idlen = b[20] as usize;
         if b.len() < 21 + idlen {
             return Ok(None);
-        }
-        let rs = u32::from_be_bytes(b[16..20].try_into().expect("4 bytes"));
-        if rs < MIN_RS {
-            return Err(EceError::Header("record size below 18"));
         }
         Ok(Some((
             Header {
@@ -131,7 +202,7 @@ impl Header {
 /// The caller chooses the split; each record must fit in `rs`.
 pub fn encrypt_records(ikm: &[u8], header: &Header, records: &[(&[u8], usize)]) -> Vec<u8> {
     assert!(
-        header.keyid.len() <= 255 && header.rs >= MIN_RS,
+        header.keyid.len() <= 255 && (MIN_RS..=MAX_RS).contains(&header.rs),
         "valid header"
     );
     let keys = Keys::derive(ikm, &header.salt);
@@ -429,5 +500,73 @@ mod tests {
         extra.push(0);
         assert!(decrypt(key, &extra).is_err());
         assert_eq!(decrypt(key, &ct[..10]), Err(EceError::Truncated));
+    }
+
+    #[test]
+    fn a_body_decrypts_only_under_its_own_name() {
+        let key = [7u8; 16];
+        let pt = vec![1u8; 3000];
+        let n7 = "mlcache://o:80/live/0/7";
+        let ct = encrypt(&name_key(&key, n7), [4; 16], 1024, b"k", &pt);
+        assert_eq!(decrypt(|_| Some(name_key(&key, n7).to_vec()), &ct), Ok(pt));
+        for other in ["mlcache://o:80/live/0/6", "mlcache://o:80/live/0/70", ""] {
+            assert_eq!(
+                decrypt(|_| Some(name_key(&key, other).to_vec()), &ct),
+                Err(EceError::Auth(0)),
+                "{other}"
+            );
+        }
+        // Nor under the bare key, as an unbound RFC 8188 body would be.
+        assert_eq!(decrypt(|_| Some(key.to_vec()), &ct), Err(EceError::Auth(0)));
+        // The derivation is fixed (docs/protocol.md): HKDF-SHA-256, empty salt.
+        let hk = Hkdf::<Sha256>::new(Some(&[]), &key);
+        let mut want = [0u8; 16];
+        hk.expand(&[NAME_INFO, n7.as_bytes()].concat(), &mut want)
+            .unwrap();
+        assert_eq!(name_key(&key, n7), want);
+    }
+
+    #[test]
+    fn record_size_is_bounded_before_anything_is_buffered() {
+        let h = vec![0u8; 16];
+        for (rs, ok) in [
+            (17u32, false),
+            (18, true),
+            (MAX_RS, true),
+            (MAX_RS + 1, false),
+            (u32::MAX, false),
+        ] {
+            let mut b = h.clone();
+            b.extend_from_slice(&rs.to_be_bytes());
+            // Refused from the rs field alone, before idlen and keyid arrive.
+            assert_eq!(Header::parse(&b).is_err(), !ok, "{rs}");
+            b.extend_from_slice(&[1, b'k']);
+            assert_eq!(Header::parse(&b).is_ok_and(|h| h.is_some()), ok, "{rs}");
+            let mut d = Decoder::new(|_| Some(vec![0u8; 16]));
+            assert_eq!(d.push(&b).is_err(), !ok, "{rs}");
+        }
+    }
+
+    #[test]
+    fn only_exactly_aes128gcm_is_accepted() {
+        use http::header::CONTENT_ENCODING as CE;
+        let mut h = http::HeaderMap::new();
+        assert!(check_coding(&h).is_err());
+        for (v, ok) in [
+            ("aes128gcm", true),
+            ("AES128GCM", true),
+            (" aes128gcm ", true),
+            ("identity", false),
+            ("gzip", false),
+            ("aes128gcm, identity", false),
+            ("gzip, aes128gcm", false),
+            ("", false),
+        ] {
+            h.insert(CE, http::HeaderValue::from_str(v).unwrap());
+            assert_eq!(check_coding(&h).is_ok(), ok, "{v:?}");
+        }
+        h.insert(CE, http::HeaderValue::from_static("aes128gcm"));
+        h.append(CE, http::HeaderValue::from_static("aes128gcm"));
+        assert!(check_coding(&h).is_err(), "two fields");
     }
 }

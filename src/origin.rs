@@ -146,25 +146,31 @@ pub struct Encryption {
 }
 
 impl Encryption {
-    /// Fresh random master secret.
+    /// Fresh random master secret. The record size is clamped to what a
+    /// viewer accepts (`ece::MIN_RS..=ece::MAX_RS`).
     pub fn random(key_rotation: u64, record_size: u32) -> Encryption {
         let mut master = [0u8; 32];
         getrandom::getrandom(&mut master).expect("the OS has a random source");
         Encryption {
             master,
             key_rotation: key_rotation.max(1),
-            record_size: record_size.max(crate::ece::MIN_RS),
+            record_size: record_size.clamp(crate::ece::MIN_RS, crate::ece::MAX_RS),
         }
     }
 
-    fn seal(&self, keyid: &str, plaintext: &[u8]) -> Bytes {
+    /// Encrypts one chunk under `keyid`, bound to its binding name `name`
+    /// (`manifest::binding_name`): the RFC 8188 IKM is
+    /// `ece::name_key(key, name)`, so the body decrypts only as this chunk.
+    fn seal(&self, name: &str, keyid: &str, plaintext: &[u8]) -> Bytes {
         let mut salt = [0u8; 16];
         getrandom::getrandom(&mut salt).expect("the OS has a random source");
         let key = crate::manifest::derive_key(&self.master, keyid);
         Bytes::from(crate::ece::encrypt(
-            &key,
+            &crate::ece::name_key(&key, name),
             salt,
-            self.record_size,
+            // Fields are public: never encrypt with a size viewers refuse.
+            self.record_size
+                .clamp(crate::ece::MIN_RS, crate::ece::MAX_RS),
             keyid.as_bytes(),
             plaintext,
         ))
@@ -210,6 +216,16 @@ struct State {
     total: AtomicU64,
     refuse: AtomicBool,
     faults: Mutex<Faults>,
+    /// Canonical `host:port` of `authority`, for chunks' binding names.
+    bind_authority: String,
+}
+
+impl State {
+    /// The binding name of chunk `path` of this origin (see
+    /// `manifest::binding_name`; `path` has no query).
+    fn binding(&self, path: &str) -> String {
+        format!("mlcache://{}{path}", self.bind_authority)
+    }
 }
 
 /// A running head end.
@@ -280,7 +296,10 @@ pub async fn start(cfg: OriginConfig) -> std::io::Result<OriginHandle> {
     let listener = TcpListener::bind(cfg.listen).await?;
     let addr = listener.local_addr()?;
     let authority = cfg.authority.clone().unwrap_or_else(|| addr.to_string());
+    let bind_authority = crate::manifest::canonical_authority(&authority)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let state = Arc::new(State {
+        bind_authority,
         authority,
         streams: (0..cfg.streams)
             .map(|_| Stream {
@@ -426,7 +445,8 @@ fn publish_next(state: &Arc<State>, stream: usize) {
             "live{stream}.{}",
             seq / cfg.encryption.as_ref().map_or(1, |e| e.key_rotation)
         );
-        let (body, headers) = chunk_response(cfg, &keyid, plain, ns);
+        let name = st.binding(&format!("/live/{stream}/{seq}"));
+        let (body, headers) = chunk_response(cfg, &name, &keyid, plain, ns);
         let mut headers = headers;
         let last = files && seq + 1 == cfg.live_files.len() as u64;
         if !last {
@@ -468,10 +488,11 @@ fn publish_next(state: &Arc<State>, stream: usize) {
     });
 }
 
-/// The body and headers of a chunk: encrypted under `keyid` when the origin
-/// encrypts, with its publish time.
+/// The body and headers of a chunk: encrypted under `keyid` and bound to its
+/// binding name `name` when the origin encrypts, with its publish time.
 fn chunk_response(
     cfg: &OriginConfig,
+    name: &str,
     keyid: &str,
     plain: Bytes,
     publish_ns: u64,
@@ -492,7 +513,7 @@ fn chunk_response(
                 http::header::CONTENT_ENCODING,
                 HeaderValue::from_static(crate::ece::CODING),
             );
-            enc.seal(keyid, &plain)
+            enc.seal(name, keyid, &plain)
         }
         None => plain,
     };
@@ -723,8 +744,9 @@ async fn handle(state: Arc<State>, req: Request<Incoming>, tls: bool) -> Respons
         ["vod", n] => match n.parse::<u64>() {
             Ok(n) if n < state.cfg.vod_chunks => {
                 let plain = chunk_bytes(u64::MAX, n, state.cfg.chunk_size, 0);
+                let name = state.binding(&format!("/vod/{n}"));
                 let (body, mut headers) =
-                    chunk_response(&state.cfg, &vod_keyid(&state.cfg, n), plain, 0);
+                    chunk_response(&state.cfg, &name, &vod_keyid(&state.cfg, n), plain, 0);
                 headers.remove(PUBLISH_HEADER);
                 let cc = format!("public, max-age={}", state.cfg.vod_max_age.as_secs());
                 headers.insert(
@@ -928,6 +950,16 @@ impl OriginArgs {
         }
         if a.cadence.is_zero() {
             return Err("--cadence must be more than 0".into());
+        }
+        if !(crate::ece::MIN_RS..=crate::ece::MAX_RS).contains(&a.record_size) {
+            return Err(format!(
+                "--record-size must be {} to {} (viewers refuse larger records)",
+                crate::ece::MIN_RS,
+                crate::ece::MAX_RS
+            ));
+        }
+        if let Some(auth) = &a.authority {
+            crate::manifest::canonical_authority(auth).map_err(|e| format!("--authority: {e}"))?;
         }
         if a.streams == 0 || a.chunk_size < 16 {
             return Err("--streams must be at least 1 and --chunk-size at least 16 bytes".into());

@@ -23,14 +23,17 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_key_material_reaches_a_relay() {
-    let (origin, ca) = secure_origin(|_| {}).await;
     // Everything the relay receives passes through one of two recorders:
-    // viewer → relay, and origin → relay.
+    // viewer → relay, and origin → relay. The origin is known by the
+    // recorder's address, so its chunks are bound to names there.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let public = listener.local_addr().unwrap().to_string();
+    let (origin, ca) = secure_origin(|c| c.authority = Some(public)).await;
     let Proxy {
         addr: to_origin,
         seen: from_origin,
         ..
-    } = proxy(origin.addr, Tamper::None).await;
+    } = proxy_on(listener, origin.addr, Tamper::None);
     let r = relay(relay_config(&format!("http://{to_origin}"))).await;
     let Proxy {
         addr: to_relay,

@@ -1,5 +1,9 @@
 //! `mlcache`: the viewer client. Fetches chunks through the nearest relay,
 //! decrypts and verifies them, and writes plaintext to stdout or a file.
+//! Only verified plaintext is written: a chunk that is not `aes128gcm`, names
+//! the wrong key id, or was made for another name is refetched from the next
+//! source (see `mlcache::client`). A single chunk's key id comes from its
+//! title's manifest, one path segment up.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -81,10 +85,13 @@ struct Common {
 }
 
 impl Common {
-    fn config(&self) -> anyhow::Result<ClientConfig> {
+    /// The client settings. Files are read with `tokio::fs`: nothing blocks
+    /// the runtime.
+    async fn config(&self) -> anyhow::Result<ClientConfig> {
         let token = match (&self.token, &self.token_file) {
             (Some(t), _) => t.clone(),
-            (None, Some(f)) => std::fs::read_to_string(f)
+            (None, Some(f)) => tokio::fs::read_to_string(f)
+                .await
                 .with_context(|| format!("reading --token-file {}", f.display()))?
                 .trim()
                 .to_string(),
@@ -93,9 +100,11 @@ impl Common {
             }
         };
         let ca_pem = match &self.ca {
-            Some(p) => {
-                Some(std::fs::read(p).with_context(|| format!("reading --ca {}", p.display()))?)
-            }
+            Some(p) => Some(
+                tokio::fs::read(p)
+                    .await
+                    .with_context(|| format!("reading --ca {}", p.display()))?,
+            ),
             None => None,
         };
         Ok(ClientConfig {
@@ -140,7 +149,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Get { name, common } => {
             let name = Name::parse(&name)?;
-            let client = Client::new(common.config()?).await?;
+            let client = Client::new(common.config().await?).await?;
             let mut out = common.output().await?;
             // A title has a manifest; anything else is a single chunk.
             let chunks = match client::get_title(&client, &name, &mut out).await {
@@ -160,7 +169,7 @@ async fn main() -> anyhow::Result<()> {
             common,
         } => {
             let name = Name::parse(&name)?;
-            let client = Client::new(common.config()?).await?;
+            let client = Client::new(common.config().await?).await?;
             let mut out = common.output().await?;
             let n = client::play(&client, &name, from, chunks, &mut out).await?;
             summary(&client, n);

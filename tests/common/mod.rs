@@ -219,8 +219,14 @@ pub struct Proxy {
 /// A TCP proxy to `target` that records every byte in both directions and
 /// can tamper with what flows back.
 pub async fn proxy(target: SocketAddr, tamper: Tamper) -> Proxy {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    proxy_on(listener, target, tamper)
+}
+
+/// [`proxy`] on a listener bound beforehand (so its address can be known
+/// before `target` exists, e.g. as an origin's `authority`).
+pub fn proxy_on(listener: tokio::net::TcpListener, target: SocketAddr, tamper: Tamper) -> Proxy {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = listener.local_addr().unwrap();
     let seen = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
     let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
