@@ -524,6 +524,13 @@ mod tests {
         hk.expand(&[NAME_INFO, n7.as_bytes()].concat(), &mut want)
             .unwrap();
         assert_eq!(name_key(&key, n7), want);
+        // The test vector in docs/protocol.md §8, for other implementations.
+        let k: Vec<u8> = (0..16).collect();
+        let hex: String = name_key(&k, "mlcache://o.example:9100/vod/0")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(hex, "538c4bf0066e3736b14b420d699992c1");
     }
 
     #[test]

@@ -904,7 +904,8 @@ pub struct OriginArgs {
     /// Fault: close every connection as soon as it is accepted.
     #[arg(long = "refuse-connections")]
     pub refuse_connections: bool,
-    /// Serve chunks unencrypted (default: RFC 8188 aes128gcm).
+    /// Serve chunks unencrypted (default: RFC 8188 aes128gcm). For relay load
+    /// tests only: the `mlcache` viewer refuses unencrypted chunks.
     #[arg(long)]
     pub plaintext: bool,
     /// Rotate keys every K chunks.

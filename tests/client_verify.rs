@@ -72,8 +72,7 @@ async fn hostile(origin: SocketAddr, attack: Attack) -> (SocketAddr, Arc<AtomicU
                 async move { Ok::<_, Infallible>(answer(origin, &attack, req).await) }
             });
             tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc),
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc),
             );
         }
     });
@@ -194,7 +193,10 @@ async fn a_body_without_content_encoding_is_not_output() {
     let (c, evil) = client_behind(&origin, &ca, Attack::StripCoding).await;
     let mut out = Vec::new();
     let f = c.fetch(&vod_name(&origin, 2), &mut out).await.unwrap();
-    assert!(out == vod(2), "output is the origin's plaintext, not ciphertext");
+    assert!(
+        out == vod(2),
+        "output is the origin's plaintext, not ciphertext"
+    );
     failed_over(&c, evil, &origin, &f, "Content-Encoding");
 }
 
@@ -284,10 +286,19 @@ async fn a_changed_key_id_is_refused_before_any_key_is_asked_for() {
     let api = proxy(origin.addr, Tamper::None).await;
     for (attack, reason) in [
         // In place: another valid key, and one that does not exist.
-        (Attack::KeyId("vod.1"), "key id \"vod.1\" is not this chunk's"),
-        (Attack::KeyId("vod.9"), "key id \"vod.9\" is not this chunk's"),
+        (
+            Attack::KeyId("vod.1"),
+            "key id \"vod.1\" is not this chunk's",
+        ),
+        (
+            Attack::KeyId("vod.9"),
+            "key id \"vod.9\" is not this chunk's",
+        ),
         // A whole chunk of another epoch (key vod.1) for chunk 1 (vod.0).
-        (Attack::Serve("/vod/5"), "key id \"vod.1\" is not this chunk's"),
+        (
+            Attack::Serve("/vod/5"),
+            "key id \"vod.1\" is not this chunk's",
+        ),
     ] {
         let (evil, _) = hostile(origin.addr, attack.clone()).await;
         let mut cfg = client_config(&origin, &ca);

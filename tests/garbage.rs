@@ -127,7 +127,13 @@ fn encrypted_content_coding() {
             }
             input.truncate(r.below(input.len() + 1));
         }
-        let _ = Header::parse(&input);
+        if let Ok(Some((h, _))) = Header::parse(&input) {
+            assert!(
+                (mlcache::ece::MIN_RS..=mlcache::ece::MAX_RS).contains(&h.rs),
+                "rs {} accepted",
+                h.rs
+            );
+        }
         let mut d = Decoder::new(|_| Some(key.to_vec()));
         let mut out = 0;
         for piece in input.chunks(1 + r.below(50)) {
@@ -140,5 +146,112 @@ fn encrypted_content_coding() {
             out += p.len();
         }
         assert!(out <= input.len(), "more plaintext than ciphertext");
+    }
+}
+
+#[test]
+fn binding_names_key_indexes_and_content_codings() {
+    use mlcache::manifest::{binding_name, binding_of, ChunkRef, KeyIndex, Manifest};
+    let mut r = Rng(0x7777_1234);
+    let live = KeyIndex::new(&Manifest::Live {
+        template: "mlcache://o.example:9/live/0/{seq}".into(),
+        keyid_template: "live0.{epoch}".into(),
+        key_rotation: 4,
+        edge: 0,
+        first: 0,
+        last: None,
+        cadence_ms: 500,
+        next: vec![],
+    })
+    .unwrap();
+    for _ in 0..ROUNDS {
+        // Half the paths start with '/', so many inputs get past the first check.
+        let auth = r.text(20);
+        let path = match r.below(2) {
+            0 => format!("/{}", r.text(30)),
+            _ => r.text(30),
+        };
+        if let Ok(b) = binding_name(&auth, &path) {
+            // Canonical: a port, no query or fragment, and stable.
+            let rest = b.strip_prefix("mlcache://").expect("prefix");
+            let (a, p) = rest.split_at(rest.find('/').expect("a path"));
+            assert!(
+                a.rsplit_once(':')
+                    .is_some_and(|(_, port)| port.parse::<u16>().is_ok()),
+                "{b}"
+            );
+            assert!(!p.contains(['?', '#']), "{b}");
+            assert_eq!(
+                binding_of(&b).as_deref(),
+                Ok(b.as_str()),
+                "{auth:?} {path:?}"
+            );
+        }
+        let name = format!("mlcache://{}", r.text(40));
+        let _ = binding_of(&name);
+        // Random manifests and random names: never a panic; a live key id
+        // only for a canonical sequence number.
+        let template = format!("mlcache://{}{{seq}}{}", r.text(12), r.text(6));
+        let m = if r.below(2) == 0 {
+            Manifest::Live {
+                template,
+                keyid_template: r.text(8),
+                key_rotation: r.next() % 5,
+                edge: 0,
+                first: 0,
+                last: (r.below(2) == 0).then(|| r.next() % 100),
+                cadence_ms: 0,
+                next: vec![],
+            }
+        } else {
+            Manifest::Vod {
+                chunks: (0..r.below(4))
+                    .map(|_| ChunkRef {
+                        name: format!("mlcache://{}", r.text(20)),
+                        keyid: r.text(6),
+                    })
+                    .collect(),
+            }
+        };
+        if let Ok(i) = KeyIndex::new(&m) {
+            let _ = i.keyid_for(&name);
+        }
+        let seq = match r.below(3) {
+            0 => (r.next() % 1000).to_string(),
+            1 => format!("0{}", r.next() % 1000),
+            _ => r.text(6),
+        };
+        let probe = format!("mlcache://o.example:9/live/0/{seq}");
+        if let Some(k) = live.keyid_for(&probe) {
+            let seq = probe.rsplit('/').next().unwrap();
+            assert_eq!(
+                k,
+                format!("live0.{}", seq.parse::<u64>().unwrap() / 4),
+                "{probe}"
+            );
+        }
+        let mut h = HeaderMap::new();
+        for _ in 0..r.below(3) {
+            let v = if r.below(3) == 0 {
+                "aes128gcm".to_string()
+            } else {
+                r.text(14)
+            };
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                h.append(http::header::CONTENT_ENCODING, v);
+            }
+        }
+        if mlcache::ece::check_coding(&h).is_ok() {
+            let all: Vec<_> = h.get_all(http::header::CONTENT_ENCODING).iter().collect();
+            assert_eq!(all.len(), 1, "{h:?}");
+            assert!(
+                all[0]
+                    .to_str()
+                    .unwrap()
+                    .trim()
+                    .eq_ignore_ascii_case("aes128gcm"),
+                "{h:?}"
+            );
+        }
     }
 }
