@@ -265,6 +265,7 @@ async fn cached_404_is_well_framed_and_keeps_the_tree_up() {
         assert_eq!(got.bytes(), &body);
     }
     origin.publish(0);
+    until(LONG, "chunk 0 published", || origin.edge(0) == 0).await;
     let got = h1(child.addr, path_get(origin.addr, "/live/0/0"))
         .await
         .unwrap();
@@ -429,6 +430,7 @@ async fn prefetch_never_creates_a_negative_entry() {
     cfg.negative_ttl = Duration::from_secs(30);
     let r = relay(cfg).await;
     origin.publish(0);
+    until(LONG, "chunk 0 published", || origin.edge(0) == 0).await;
     let got = h1(r.addr, proxy_get(origin.addr, "/live/0/0"))
         .await
         .unwrap();
@@ -438,6 +440,7 @@ async fn prefetch_never_creates_a_negative_entry() {
     })
     .await;
     origin.publish(0);
+    until(LONG, "chunk 1 published", || origin.edge(0) == 1).await;
     let got = h1(r.addr, proxy_get(origin.addr, "/live/0/1"))
         .await
         .unwrap();
