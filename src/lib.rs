@@ -18,6 +18,7 @@ pub mod key;
 pub mod manifest;
 pub mod metrics;
 pub mod origin;
+pub mod policy;
 pub mod probe;
 pub mod relay;
 pub mod server;

@@ -7,9 +7,10 @@ use mlcache::cache::Policy;
 use mlcache::client::Name;
 use mlcache::ece::{Decoder, Header};
 use mlcache::key::{ChunkKey, OriginSet, RawKey};
+use mlcache::policy::{self, Defaults, MAX_DELTA};
 use mlcache::relay::next_link;
 use mlcache::server::{parse_range, RangeSpec};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const ROUNDS: usize = 20_000;
 
@@ -105,6 +106,115 @@ fn link_and_cache_control_headers() {
             Duration::from_secs(1),
         );
         assert!(!p.store || !p.ttl.is_zero());
+    }
+}
+
+/// A real HTTP date near `now`, shifted either way, sometimes damaged, or noise.
+fn date(r: &mut Rng, now: SystemTime) -> String {
+    let shift = Duration::from_secs(r.next() % 100_000_000);
+    let t = if r.below(2) == 0 {
+        now + shift
+    } else {
+        now - shift
+    };
+    let mut d = httpdate::fmt_http_date(t).into_bytes();
+    match r.below(3) {
+        0 => {}
+        1 => {
+            let i = r.below(d.len());
+            d[i] = b"0123456789 ,:-"[r.below(14)];
+        }
+        _ => d = r.text(30).into_bytes(),
+    }
+    String::from_utf8(d).unwrap_or_default()
+}
+
+#[test]
+fn freshness_headers() {
+    let mut r = Rng(0x7777_1111);
+    let defaults = Defaults {
+        default_ttl: Duration::from_secs(60),
+        negative_ttl: Duration::from_secs(1),
+    };
+    let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    const DIRECTIVES: &[&str] = &[
+        "max-age=",
+        "s-maxage=",
+        "no-store",
+        "private",
+        "no-cache",
+        "public",
+        "=",
+        "\"",
+        ",",
+    ];
+    const NUMBERS: &[&str] = &[
+        "0",
+        "1",
+        "-1",
+        "18446744073709551615",
+        "99999999999999999999999",
+        "2147483648",
+        "",
+    ];
+    for _ in 0..ROUNDS {
+        let mut h = HeaderMap::new();
+        let mut cc = String::new();
+        for _ in 0..r.below(4) {
+            cc.push_str(DIRECTIVES[r.below(DIRECTIVES.len())]);
+            cc.push_str(&if r.below(2) == 0 {
+                NUMBERS[r.below(NUMBERS.len())].to_string()
+            } else {
+                r.text(8)
+            });
+            cc.push_str(&r.text(2));
+        }
+        let values = [
+            (http::header::CACHE_CONTROL, cc),
+            (
+                http::header::AGE,
+                NUMBERS[r.below(NUMBERS.len())].to_string() + &r.text(3),
+            ),
+            (http::header::DATE, date(&mut r, now)),
+            (http::header::EXPIRES, date(&mut r, now)),
+            (http::header::EXPIRES, date(&mut r, now)),
+            (http::header::VARY, r.text(5)),
+        ];
+        for (name, v) in values {
+            if r.below(4) == 0 {
+                continue;
+            }
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                h.append(name, v);
+            }
+        }
+        if r.below(2) == 0 {
+            h.append(
+                http::header::AGE,
+                HeaderValue::from_static("18446744073709551615"),
+            );
+        }
+        let status = [StatusCode::OK, StatusCode::NOT_FOUND, StatusCode::GONE][r.below(3)];
+        let at = if r.below(8) == 0 {
+            SystemTime::UNIX_EPOCH
+        } else {
+            now
+        };
+        let p = policy::Policy::from_response(status, &h, at, &defaults);
+        assert_eq!(p.store, p.why_not.is_none(), "{h:?}");
+        assert!(
+            p.ttl <= MAX_DELTA && p.initial_age <= MAX_DELTA,
+            "{h:?} -> {p:?}"
+        );
+        if p.store {
+            assert!(
+                p.initial_age < p.ttl && p.fresh(Duration::ZERO),
+                "{h:?} -> {p:?}"
+            );
+        }
+        assert!(!p.fresh(Duration::MAX));
+        assert!(p.age_now(Duration::MAX) <= MAX_DELTA);
+        let _ = policy::age_field(&h);
     }
 }
 
