@@ -362,7 +362,7 @@ impl Relay {
                     .fetch(key, origin, via)
                     .await
                     .map_err(|e| match e {
-                        UpstreamError::Timeout { .. } => SlotError::Timeout(e.to_string().into()),
+                        e if e.is_timeout() => SlotError::Timeout(e.to_string().into()),
                         e => SlotError::Unavailable(e.to_string().into()),
                     })?;
             if !is_not_yet(resp.status(), resp.headers()) {
