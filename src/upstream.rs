@@ -547,7 +547,7 @@ impl Upstream {
             self.metrics.upstream("parent", failure.label());
             if failure.is_connection_level() {
                 parent.mark_down();
-                self.metrics.upstream("parent", "marked_down");
+                self.metrics.upstream("parent", "down");
                 tracing::warn!(parent = %parent.url, %key, error = %failure, backoff = ?PARENT_DOWN_BACKOFF, "parent unreachable: marked down, trying the next source");
             } else if let Failure::HeadTimeout(_) = failure {
                 // Not down, and not bypassed either: see the module doc.
@@ -825,27 +825,22 @@ fn check_head_size(headers: &HeaderMap, limit: usize) -> Result<(), Failure> {
 /// Applies RFC 9112 §6.3 to a response before anyone sees it: with
 /// `Transfer-Encoding`, `Content-Length` is removed (the body is delimited
 /// by the transfer coding, as hyper already decodes it). Repeated equal
-/// `Content-Length` values, which hyper accepts, become one. Returns true
-/// when the framing was contradictory, so the connection must not be reused.
+/// `Content-Length` values, which hyper accepts (`5, 5`, or two lines),
+/// become one. Returns true when the framing was contradictory, so the
+/// connection must not be reused.
 pub fn normalize_framing(resp: &mut Response<Incoming>) -> bool {
     let exact = resp.body().size_hint().exact();
+    let bodiless = matches!(resp.status().as_u16(), 204 | 304);
     let headers = resp.headers_mut();
     if headers.contains_key(http::header::TRANSFER_ENCODING) {
         return headers.remove(http::header::CONTENT_LENGTH).is_some();
     }
     let mut values = headers.get_all(http::header::CONTENT_LENGTH).iter();
-    let single = values.next().is_some_and(|v| {
-        values.next().is_none()
-            && v.to_str()
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok())
-                .is_some_and(|n| Some(n) == exact)
-    });
-    if let (false, Some(n), true) = (
-        single,
-        exact,
-        headers.contains_key(http::header::CONTENT_LENGTH),
-    ) {
+    let repeated = match values.next() {
+        Some(first) => values.next().is_some() || first.as_bytes().contains(&b','),
+        None => false,
+    };
+    if let (true, false, Some(n)) = (repeated, bodiless, exact) {
         headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
     }
     false

@@ -32,6 +32,9 @@ const WAIT: Duration = Duration::from_secs(10);
 /// Requests one raw server saw: (connection index, path).
 type Seen = Arc<Mutex<Vec<(usize, String)>>>;
 
+/// What a raw server writes for (connection, nth request on it, path).
+type Script = dyn Fn(usize, usize, &str) -> Option<Vec<u8>> + Send + Sync;
+
 /// A raw HTTP/1.1 server. `respond(conn, nth, path)` gives the bytes to
 /// write for the `nth` request on connection `conn`, or `None` to close the
 /// connection without answering.
@@ -87,7 +90,7 @@ impl RawOrigin {
 async fn serve_raw(
     mut tcp: TcpStream,
     conn: usize,
-    respond: Arc<dyn Fn(usize, usize, &str) -> Option<Vec<u8>> + Send + Sync>,
+    respond: Arc<Script>,
     seen: Seen,
     closed: Arc<Mutex<Vec<usize>>>,
 ) {
@@ -264,7 +267,7 @@ async fn refusing_parent_is_marked_down_and_skipped() {
     assert_eq!(body(resp).await, "origin");
     assert!(up.parent_down(0));
     assert_eq!(count(&m, "parent", "refused"), 1);
-    assert_eq!(count(&m, "parent", "marked_down"), 1);
+    assert_eq!(count(&m, "parent", "down"), 1);
     // While down, the parent is not asked again.
     let (_, source) = fetch(&up, &origin, "/b").await.unwrap();
     assert_eq!(source, Source::Origin);
@@ -299,7 +302,7 @@ async fn slow_parent_long_poll_is_a_timeout_not_a_down() {
     assert_eq!(source, Source::Parent(0));
     assert_eq!(body(resp).await, "parent");
     assert_eq!(count(&m, "parent", "timeout"), 1);
-    assert_eq!(count(&m, "parent", "marked_down"), 0);
+    assert_eq!(count(&m, "parent", "down"), 0);
     assert!(parent.requests().iter().all(|(conn, _)| *conn == 0));
 }
 
@@ -512,4 +515,26 @@ async fn stale_parent_connection_reconnects_before_marking_down() {
     assert!(up2.parent_down(0));
     assert_eq!(count(&m2, "parent", "closed"), 1);
     assert_eq!(count(&m2, "parent", "stale_retried"), 0);
+}
+
+#[tokio::test]
+async fn repeated_content_length_becomes_one() {
+    let origin = RawOrigin::start(|_, _, _| {
+        Some(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nContent-Length: 6, 6\r\n\r\norigin".to_vec())
+    })
+    .await;
+    let (up, _) = upstream(&[], Duration::from_secs(5));
+    let (resp, _) = fetch(&up, &origin, "/a").await.unwrap();
+    let cl: Vec<_> = resp
+        .headers()
+        .get_all(http::header::CONTENT_LENGTH)
+        .iter()
+        .collect();
+    assert_eq!(cl, ["6"]);
+    assert_eq!(body(resp).await, "origin");
+    // Consistent framing: the connection is kept for the next request.
+    until(WAIT, "the connection is pooled", || {
+        up.origin_pool().idle(&origin.origin()) == 1
+    })
+    .await;
 }

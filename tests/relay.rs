@@ -241,9 +241,12 @@ async fn loops_are_detected() {
     cb.upstream = vec![format!("http://{pa}")];
     let a = relay(ca).await;
     let _b = relay(cb).await;
+    // a asks b, b asks a, a answers b 508; a parent's 5xx (508 included)
+    // makes b try its next source, the origin, so the loop ends after one
+    // origin request and the viewer is served.
     let got = h1(a.addr, proxy_get(origin.addr, "/vod/1")).await.unwrap();
-    assert_eq!(got.status, StatusCode::LOOP_DETECTED);
-    assert_eq!(origin.requests("/vod/1"), 0);
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(origin.requests("/vod/1"), 1);
 
     let req = Request::get(format!("http://{}/vod/1", origin.addr))
         .header("via", "1.1 other, 1.1 relay-a")
