@@ -58,63 +58,6 @@ impl Entry {
     }
 }
 
-/// What `Cache-Control` (and the status) allow the relay to do with a response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Policy {
-    /// Whether the response may be stored at all.
-    pub store: bool,
-    /// Freshness lifetime.
-    pub ttl: Duration,
-}
-
-impl Policy {
-    /// Derives the policy for a response. `default_ttl` applies to a 200 that
-    /// states no lifetime; `negative_ttl` to a 404 that states none. Other
-    /// statuses are never stored.
-    pub fn from_response(
-        status: StatusCode,
-        headers: &HeaderMap,
-        default_ttl: Duration,
-        negative_ttl: Duration,
-    ) -> Policy {
-        let none = Policy {
-            store: false,
-            ttl: Duration::ZERO,
-        };
-        let fallback = match status {
-            StatusCode::OK => default_ttl,
-            StatusCode::NOT_FOUND => negative_ttl,
-            _ => return none,
-        };
-        let mut max_age = None;
-        let mut s_maxage = None;
-        for value in headers.get_all(http::header::CACHE_CONTROL) {
-            let Ok(value) = value.to_str() else { continue };
-            for directive in value.split(',') {
-                let directive = directive.trim();
-                let (name, arg) = match directive.split_once('=') {
-                    Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
-                    None => (directive, None),
-                };
-                match name.to_ascii_lowercase().as_str() {
-                    "no-store" | "private" | "no-cache" => return none,
-                    "max-age" => max_age = arg.and_then(|a| a.parse::<u64>().ok()),
-                    "s-maxage" => s_maxage = arg.and_then(|a| a.parse::<u64>().ok()),
-                    _ => {}
-                }
-            }
-        }
-        let ttl = s_maxage
-            .or(max_age)
-            .map(Duration::from_secs)
-            .unwrap_or(fallback);
-        Policy {
-            store: !ttl.is_zero(),
-            ttl,
-        }
-    }
-}
-
 /// Counters the cache reports to `metrics` (read by the caller after each call).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {
@@ -313,42 +256,5 @@ mod tests {
         assert_eq!(e.age(), Duration::MAX);
         cache.insert(key("/hostile"), e);
         assert!(cache.get(&key("/hostile")).is_none());
-    }
-
-    #[test]
-    fn policy_honours_cache_control() {
-        let d = Duration::from_secs(60);
-        let n = Duration::from_secs(1);
-        let pol = |status: u16, cc: &str| {
-            let mut h = HeaderMap::new();
-            if !cc.is_empty() {
-                h.insert("cache-control", cc.parse().unwrap());
-            }
-            Policy::from_response(StatusCode::from_u16(status).unwrap(), &h, d, n)
-        };
-        assert_eq!(
-            pol(200, ""),
-            Policy {
-                store: true,
-                ttl: d
-            }
-        );
-        assert_eq!(pol(200, "public, max-age=5").ttl, Duration::from_secs(5));
-        assert_eq!(
-            pol(200, "max-age=5, s-maxage=9").ttl,
-            Duration::from_secs(9)
-        );
-        assert!(!pol(200, "no-store").store);
-        assert!(!pol(200, "private, max-age=100").store);
-        assert!(!pol(200, "max-age=0").store);
-        assert_eq!(
-            pol(404, ""),
-            Policy {
-                store: true,
-                ttl: n
-            }
-        );
-        assert_eq!(pol(404, "max-age=2").ttl, Duration::from_secs(2));
-        assert!(!pol(500, "max-age=100").store);
     }
 }

@@ -139,6 +139,9 @@ pub struct Cli {
     /// Most upstream fetches in flight at once for one origin.
     #[arg(long = "max-inflight-fetches-per-origin")]
     pub max_inflight_fetches_per_origin: Option<usize>,
+    /// Largest response head accepted from a parent or origin (502 beyond).
+    #[arg(long = "max-upstream-head", value_parser = parse_size)]
+    pub max_upstream_head: Option<ByteSize>,
 }
 
 /// The resolved configuration. Field names are the TOML keys (kebab-case).
@@ -207,6 +210,8 @@ pub struct Config {
     pub max_inflight_fetches: usize,
     /// Upstream fetches in flight per origin cap.
     pub max_inflight_fetches_per_origin: usize,
+    /// Upstream response head cap.
+    pub max_upstream_head: ByteSize,
 }
 
 impl Default for Config {
@@ -238,6 +243,7 @@ impl Default for Config {
             memory_limit_bytes: None,
             max_inflight_fetches: 4096,
             max_inflight_fetches_per_origin: 1024,
+            max_upstream_head: ByteSize::kib(64),
         }
     }
 }
@@ -309,6 +315,9 @@ impl Config {
         }
         if let Some(v) = cli.max_inflight_fetches_per_origin {
             c.max_inflight_fetches_per_origin = v;
+        }
+        if let Some(v) = cli.max_upstream_head {
+            c.max_upstream_head = v;
         }
         if cli.no_prefetch {
             c.prefetch = false;

@@ -21,13 +21,14 @@ use http_body_util::BodyExt;
 use tracing::Instrument;
 
 use crate::budget::Budget;
-use crate::cache::{Cache, Entry, Policy};
+use crate::cache::{Cache, Entry};
 use crate::config::Config;
 use crate::flight::{Fill, Flights, Join, Limits, Parked, Refused, Store};
 use crate::key::{ChunkKey, KeyError, Origin, OriginSet};
 use crate::metrics::Metrics;
+use crate::policy::{Defaults, Policy};
 use crate::slot::{Head, SlotError};
-use crate::upstream::{Timeouts, Upstream, UpstreamError};
+use crate::upstream::{Timeouts, Upstream, UpstreamError, UpstreamLimits};
 
 /// Most `Via` hops a relay passes on upstream; older ones are dropped, so a
 /// hostile client cannot make every upstream request carry a huge header.
@@ -157,7 +158,7 @@ impl Relay {
             Some(p) => Some(std::fs::read(p).map_err(|e| SetupError::OriginCa(p.clone(), e))?),
             None => None,
         };
-        let upstream = Upstream::new(
+        let upstream = Upstream::with_limits(
             &config.upstream,
             id.clone(),
             origin_ca.as_deref(),
@@ -166,6 +167,9 @@ impl Relay {
                 head: config.upstream_hold,
             },
             metrics.clone(),
+            UpstreamLimits {
+                max_head: config.max_upstream_head.as_u64() as usize,
+            },
         )?;
         let memory = config.memory_limit().as_u64() as usize;
         let flights = Flights::new(
@@ -396,9 +400,17 @@ impl Relay {
         if len.is_some_and(|l| l > max) {
             return Err(SlotError::TooLarge);
         }
-        let policy =
-            Policy::from_response(status, resp.headers(), cfg.default_ttl, cfg.negative_ttl);
-        let initial_age = age_of(resp.headers());
+        // The original headers: a response that carried Set-Cookie is not
+        // stored, even though the cookie itself is never passed on.
+        let policy = Policy::from_response(
+            status,
+            resp.headers(),
+            std::time::SystemTime::now(),
+            &Defaults {
+                default_ttl: cfg.default_ttl,
+                negative_ttl: cfg.negative_ttl,
+            },
+        );
         let next = cfg
             .prefetch
             .then(|| next_link(&headers, key))
@@ -472,20 +484,10 @@ impl Relay {
         // chunk did not exist yet, which must not be remembered.
         let negative_prefetch = fill.prefetch && status != StatusCode::OK;
         Ok((policy.store && !negative_prefetch).then_some(Store {
-            initial_age,
+            initial_age: policy.initial_age,
             ttl: policy.ttl,
         }))
     }
-}
-
-fn age_of(headers: &HeaderMap) -> Duration {
-    headers
-        .get(http::header::AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        // RFC 9111 §1.2.2: delta-seconds past 2^31 mean 2^31.
-        .map(|s| Duration::from_secs(s.min(1 << 31)))
-        .unwrap_or_default()
 }
 
 /// How long a trickle of small body frames is gathered into one piece.

@@ -3,11 +3,11 @@
 //! xorshift generator keeps failures reproducible.
 
 use http::{HeaderMap, HeaderValue, Request, StatusCode};
-use mlcache::cache::Policy;
 use mlcache::client::Name;
 use mlcache::ece::{Decoder, Header};
 use mlcache::key::{ChunkKey, OriginSet, RawKey};
-use mlcache::policy::{self, Defaults, MAX_DELTA};
+use mlcache::policy::{self, MAX_DELTA};
+use mlcache::policy::{Defaults, Policy};
 use mlcache::relay::next_link;
 use mlcache::server::{parse_range, RangeSpec};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -102,8 +102,11 @@ fn link_and_cache_control_headers() {
         let p = Policy::from_response(
             StatusCode::OK,
             &h,
-            Duration::from_secs(60),
-            Duration::from_secs(1),
+            std::time::SystemTime::now(),
+            &Defaults {
+                default_ttl: Duration::from_secs(60),
+                negative_ttl: Duration::from_secs(1),
+            },
         );
         assert!(!p.store || !p.ttl.is_zero());
     }
