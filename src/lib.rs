@@ -15,6 +15,7 @@ pub mod config;
 pub mod ece;
 pub mod flight;
 pub mod key;
+pub mod listener;
 pub mod manifest;
 pub mod metrics;
 pub mod origin;
@@ -72,13 +73,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let admin = match relay.config.admin {
         Some(a) => {
             let (l, bound) = bind(a).await?;
-            tokio::spawn(server::serve_admin(relay.clone(), l, shutdown.clone()));
+            tokio::spawn(listener::serve_admin(relay.clone(), l, shutdown.clone()));
             Some(bound)
         }
         None => None,
     };
     tracing::info!(%addr, ?admin, id = %relay.id, origins = ?relay.config.allow_origin, upstreams = ?relay.config.upstream, "relay listening");
-    let task = tokio::spawn(server::serve(relay.clone(), listener, shutdown.clone()));
+    let task = tokio::spawn(listener::serve(relay.clone(), listener, shutdown.clone()));
     Ok(Running {
         relay,
         addr,
