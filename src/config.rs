@@ -142,6 +142,24 @@ pub struct Cli {
     /// Largest response head accepted from a parent or origin (502 beyond).
     #[arg(long = "max-upstream-head", value_parser = parse_size)]
     pub max_upstream_head: Option<ByteSize>,
+    /// Longest a downstream connection may stay open without an unfinished
+    /// request: silent, still sending its first request head, or idle
+    /// between requests.
+    #[arg(long = "idle-timeout", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// After SIGTERM, how long the viewer listener keeps serving while
+    /// /healthz already answers 503, so routing can move away first.
+    #[arg(long = "drain-delay", value_parser = parse_duration)]
+    pub drain_delay: Option<Duration>,
+    /// Interval of HTTP/2 keep-alive PINGs to downstream peers.
+    #[arg(long = "h2-keepalive-interval", value_parser = parse_duration)]
+    pub h2_keepalive_interval: Option<Duration>,
+    /// Longest wait for a PING acknowledgement before the connection is closed.
+    #[arg(long = "h2-keepalive-timeout", value_parser = parse_duration)]
+    pub h2_keepalive_timeout: Option<Duration>,
+    /// Period of the summary log line for refused and shed requests.
+    #[arg(long = "log-interval", value_parser = parse_duration)]
+    pub log_interval: Option<Duration>,
 }
 
 /// The resolved configuration. Field names are the TOML keys (kebab-case).
@@ -212,6 +230,22 @@ pub struct Config {
     pub max_inflight_fetches_per_origin: usize,
     /// Upstream response head cap.
     pub max_upstream_head: ByteSize,
+    /// Longest a connection may stay open with no unfinished request.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Serving time between SIGTERM (health check failing) and closing the
+    /// viewer listener.
+    #[serde(with = "humantime_serde")]
+    pub drain_delay: Duration,
+    /// HTTP/2 keep-alive PING interval.
+    #[serde(with = "humantime_serde")]
+    pub h2_keepalive_interval: Duration,
+    /// HTTP/2 keep-alive PING acknowledgement timeout.
+    #[serde(with = "humantime_serde")]
+    pub h2_keepalive_timeout: Duration,
+    /// Period of the refused/shed summary log line.
+    #[serde(with = "humantime_serde")]
+    pub log_interval: Duration,
 }
 
 impl Default for Config {
@@ -244,6 +278,11 @@ impl Default for Config {
             max_inflight_fetches: 4096,
             max_inflight_fetches_per_origin: 1024,
             max_upstream_head: ByteSize::kib(64),
+            idle_timeout: Duration::from_secs(10),
+            drain_delay: Duration::from_secs(5),
+            h2_keepalive_interval: Duration::from_secs(20),
+            h2_keepalive_timeout: Duration::from_secs(20),
+            log_interval: Duration::from_secs(1),
         }
     }
 }
@@ -287,7 +326,12 @@ impl Config {
             default_ttl,
             negative_ttl,
             repoll_interval,
-            shutdown_grace
+            shutdown_grace,
+            idle_timeout,
+            drain_delay,
+            h2_keepalive_interval,
+            h2_keepalive_timeout,
+            log_interval
         );
         if cli.admin.is_some() {
             c.admin = cli.admin;
@@ -366,6 +410,16 @@ impl Config {
         {
             return bad("max-wait, upstream-hold and connect-timeout must be more than 0");
         }
+        if self.send_timeout.is_zero()
+            || self.idle_timeout.is_zero()
+            || self.h2_keepalive_interval.is_zero()
+            || self.h2_keepalive_timeout.is_zero()
+            || self.log_interval.is_zero()
+        {
+            return bad(
+                "send-timeout, idle-timeout, h2-keepalive-* and log-interval must be more than 0",
+            );
+        }
         if let Some(id) = &self.id {
             if id.is_empty()
                 || !id
@@ -415,6 +469,7 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.id.as_deref(), Some("relay-par1"));
         assert_eq!(c.repoll_interval, Duration::from_millis(50));
+        assert_eq!(c.drain_delay, Duration::from_secs(5));
     }
 
     #[test]
@@ -423,6 +478,13 @@ mod tests {
         assert!(Cli::try_parse_from(["r", "--max-wait", "soon"]).is_err());
         let err = Config::load(Cli::parse_from(["r"])).unwrap_err();
         assert!(err.to_string().contains("allow-origin"));
+        let cli = Cli::parse_from(["r", "--allow-origin", "http://o", "--idle-timeout", "0s"]);
+        assert!(Config::load(cli)
+            .unwrap_err()
+            .to_string()
+            .contains("idle-timeout"));
+        let cli = Cli::parse_from(["r", "--allow-origin", "http://o", "--drain-delay", "0s"]);
+        assert_eq!(Config::load(cli).unwrap().drain_delay, Duration::ZERO);
         let err = toml::from_str::<Config>("cache-sise = 1").unwrap_err();
         assert!(err.to_string().contains("cache-sise"));
     }

@@ -1,8 +1,8 @@
 //! mlcache: a multi-level streaming cache for encrypted live and VOD chunks.
 //!
-//! A viewer's request enters through [`server`], is named by [`key`], and is
-//! answered through [`flight`]: from [`cache`] if the chunk is complete and
-//! fresh, otherwise by joining the one in-flight [`slot`] for it, which a
+//! A viewer's connection is accepted by [`listener`]; each request on it is
+//! checked by [`server`], named by [`key`], and answered through [`flight`]:
+//! from [`cache`] if the chunk is complete and fresh, otherwise by joining the one in-flight [`slot`] for it, which a
 //! single fill task in [`relay`] feeds from [`upstream`] (a parent relay or
 //! the origin). Admission is decided in `flight` before any fetch starts, and
 //! every chunk byte held is charged to one [`budget`]. [`config`] holds every
@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod origin;
 pub mod policy;
 pub mod probe;
+pub mod ratelog;
 pub mod relay;
 pub mod server;
 pub mod slot;
@@ -56,7 +57,11 @@ impl Running {
     }
 }
 
-/// Binds the listeners of `config` and starts serving.
+/// Binds the listeners of `config` and starts serving. Cancelling
+/// [`Running::shutdown`] starts the drain: `/healthz` answers 503 at once,
+/// viewers are still served for `drain-delay`, then the viewer listener
+/// closes, in-flight responses get `shutdown-grace`, and the admin listener
+/// closes last.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let relay = Relay::new(config)?;
     let bind = |addr: SocketAddr| async move {
@@ -68,18 +73,27 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             .map_err(|source| StartError::Bind { addr, source })?;
         Ok::<_, StartError>((l, bound))
     };
-    let (listener, addr) = bind(relay.config.listen).await?;
+    let (viewers, addr) = bind(relay.config.listen).await?;
     let shutdown = CancellationToken::new();
+    // The admin listener and the log summaries outlive the viewer drain.
+    let admin_stop = CancellationToken::new();
     let admin = match relay.config.admin {
         Some(a) => {
             let (l, bound) = bind(a).await?;
-            tokio::spawn(listener::serve_admin(relay.clone(), l, shutdown.clone()));
+            tokio::spawn(listener::serve_admin(relay.clone(), l, admin_stop.clone()));
             Some(bound)
         }
         None => None,
     };
+    tokio::spawn(flush_logs(relay.clone(), admin_stop.clone()));
     tracing::info!(%addr, ?admin, id = %relay.id, origins = ?relay.config.allow_origin, upstreams = ?relay.config.upstream, "relay listening");
-    let task = tokio::spawn(listener::serve(relay.clone(), listener, shutdown.clone()));
+    let task = tokio::spawn({
+        let (relay, shutdown) = (relay.clone(), shutdown.clone());
+        async move {
+            listener::serve(relay, viewers, shutdown).await;
+            admin_stop.cancel();
+        }
+    });
     Ok(Running {
         relay,
         addr,
@@ -87,6 +101,27 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shutdown,
         task,
     })
+}
+
+/// Writes the refused/shed summary lines every `log-interval`, so the last
+/// window of a burst is logged even if no refusal follows it.
+async fn flush_logs(relay: Arc<Relay>, stop: CancellationToken) {
+    let m = &relay.metrics;
+    m.shed_log.set_interval(relay.config.log_interval);
+    m.refused_log.set_interval(relay.config.log_interval);
+    let mut tick = tokio::time::interval(relay.config.log_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {
+                m.shed_log.flush();
+                m.refused_log.flush();
+            }
+        }
+    }
+    m.shed_log.flush();
+    m.refused_log.flush();
 }
 
 /// Raises this process's soft open-file limit to its hard limit, and returns
@@ -129,15 +164,52 @@ pub fn init_tracing() {
 
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn until_signal() -> std::io::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        r = tokio::signal::ctrl_c() => { r?; tracing::info!("interrupt: shutting down") }
-    }
+    Signals::install()?.until_stop().await;
     Ok(())
 }
 
-/// Runs a relay until SIGTERM or Ctrl-C, then drains it. Prints
+/// The relay's signal handlers. Installed before the relay prints its
+/// address, so a signal sent as soon as a script has read it is handled.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs handlers for SIGTERM, SIGINT and SIGHUP (whose default
+    /// action would kill the process).
+    pub fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Waits for SIGTERM or SIGINT. SIGHUP is logged and ignored.
+    pub async fn until_stop(&mut self) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => {
+                    tracing::info!("SIGTERM: shutting down");
+                    return;
+                }
+                _ = self.int.recv() => {
+                    tracing::info!("interrupt: shutting down");
+                    return;
+                }
+                _ = self.hup.recv() => {
+                    tracing::info!("SIGHUP: reload not supported yet, ignored");
+                }
+            }
+        }
+    }
+}
+
+/// Runs a relay until SIGTERM or Ctrl-C, then drains it (see [`start`]); a
+/// second SIGTERM or Ctrl-C during the drain stops at once. Prints
 /// `listening ADDR` (and `admin ADDR`) on stdout first, so scripts that start
 /// it on port 0 learn where it is.
 pub async fn run(config: Config) -> Result<(), StartError> {
@@ -149,15 +221,18 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             "the open-file limit is below --max-connections: connections beyond it will fail to be accepted"
         );
     }
+    let mut signals = Signals::install().map_err(StartError::Signal)?;
     let running = start(config).await?;
     println!("listening {}", running.addr);
     if let Some(a) = running.admin {
         println!("admin {a}");
     }
-    until_signal().await.map_err(StartError::Signal)?;
+    signals.until_stop().await;
     running.shutdown.cancel();
-    running.join().await;
-    tracing::info!("stopped");
+    tokio::select! {
+        _ = running.join() => tracing::info!("stopped"),
+        _ = signals.until_stop() => tracing::warn!("second signal: stopping without finishing the drain"),
+    }
     Ok(())
 }
 

@@ -12,6 +12,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::ratelog::{Level, RateLog};
+
 type Labels = [(&'static str, &'static str); 1];
 
 /// How a downstream request was answered (the `result` label).
@@ -73,6 +75,14 @@ pub struct Metrics {
     pub memory_used: Gauge,
     /// `--memory-limit` in bytes.
     pub memory_limit: Gauge,
+    /// Error responses (refused or failed requests) by reason.
+    errors: Family<Labels, Counter>,
+    /// Downstream connections the relay closed, by reason.
+    closed: Family<Labels, Counter>,
+    /// Rate-limited log of 5xx answers (load shedding, upstream failures).
+    pub shed_log: RateLog,
+    /// Rate-limited log of 4xx answers (refused requests).
+    pub refused_log: RateLog,
 }
 
 impl Metrics {
@@ -82,6 +92,7 @@ impl Metrics {
         let requests = Family::<Labels, Counter>::default();
         let upstream = Family::<[(&'static str, &'static str); 2], Counter>::default();
         let rejected = Family::<Labels, Counter>::default();
+        let errors = Family::<Labels, Counter>::default();
         let m = Metrics {
             requests,
             upstream,
@@ -98,6 +109,10 @@ impl Metrics {
             memory_used: Gauge::default(),
             memory_limit: Gauge::default(),
             registry: Registry::default(),
+            shed_log: RateLog::new("requests shed", Level::Warn, errors.clone()),
+            refused_log: RateLog::new("requests refused", Level::Info, errors.clone()),
+            errors,
+            closed: Family::default(),
         };
         registry.register(
             "requests",
@@ -169,6 +184,16 @@ impl Metrics {
             "The memory budget",
             m.memory_limit.clone(),
         );
+        registry.register(
+            "error_responses",
+            "Error responses by reason (logged as one summary line per log-interval)",
+            m.errors.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "Downstream connections closed by the relay, by reason",
+            m.closed.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -201,6 +226,18 @@ impl Metrics {
         self.requests
             .get_or_create(&[("result", outcome.label())])
             .get()
+    }
+
+    /// Counts one downstream connection the relay closed: `idle` (no
+    /// unfinished request for `idle-timeout`), `no_progress` (a response made
+    /// no progress for `send-timeout`) or `over_limit` (over `max-connections`).
+    pub fn connection_closed(&self, reason: &'static str) {
+        self.closed.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    /// Reads one `connections_closed` counter.
+    pub fn connections_closed_of(&self, reason: &'static str) -> u64 {
+        self.closed.get_or_create(&[("reason", reason)]).get()
     }
 
     /// The Prometheus text exposition.

@@ -331,10 +331,14 @@ pub async fn start(cfg: OriginConfig) -> std::io::Result<OriginHandle> {
     let (st, stop) = (state.clone(), shutdown.clone());
     tokio::spawn(async move {
         let builder = auto::Builder::new(TokioExecutor::new());
+        let mut backoff = crate::listener::AcceptBackoff::new("origin");
         loop {
             let tcp = tokio::select! {
                 _ = stop.cancelled() => break,
-                r = listener.accept() => match r { Ok((t, _)) => t, Err(_) => continue },
+                r = listener.accept() => match r {
+                    Ok((t, _)) => t,
+                    Err(e) => { backoff.failed(&e).await; continue }
+                },
             };
             if st.refuse.load(Ordering::Relaxed) {
                 drop(tcp);

@@ -20,7 +20,6 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::Incoming;
 use tracing::Instrument;
 
 use crate::cache::Entry;
@@ -105,10 +104,16 @@ impl RequestError {
         if let Some(reason) = self.limit() {
             relay.metrics.rejected(reason);
         }
+        // Counted, and logged as one summary line per `log-interval`, so an
+        // overload does not become a log storm.
+        tracing::debug!(error = %self, %status, "request refused");
+        let reason = self
+            .limit()
+            .unwrap_or_else(|| crate::ratelog::status_reason(status));
         if status.is_server_error() {
-            tracing::warn!(error = %self, %status, "request failed");
+            relay.metrics.shed_log.note(reason);
         } else {
-            tracing::info!(error = %self, %status, "request refused");
+            relay.metrics.refused_log.note(reason);
         }
         let mut resp = local_response(status, "text/plain; charset=utf-8", format!("{self}\n"));
         let h = resp.headers_mut();
@@ -177,13 +182,10 @@ pub(crate) fn local_response(
     resp
 }
 
-/// Answers one downstream request. `local` is the address the connection
-/// arrived on (an anycast address, for a probe).
-pub async fn handle(
-    relay: Arc<Relay>,
-    req: Request<Incoming>,
-    local: SocketAddr,
-) -> Response<Body> {
+/// Answers one downstream request head. `local` is the address the
+/// connection arrived on (an anycast address, for a probe). The request body
+/// is not passed: the listener drops it unread (GET and HEAD only).
+pub async fn handle(relay: Arc<Relay>, req: Request<()>, local: SocketAddr) -> Response<Body> {
     if req.uri().path() == crate::probe::WELL_KNOWN
         && req
             .uri()
@@ -206,10 +208,7 @@ pub async fn handle(
     .await
 }
 
-async fn respond(
-    relay: &Arc<Relay>,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, RequestError> {
+async fn respond(relay: &Arc<Relay>, req: Request<()>) -> Result<Response<Body>, RequestError> {
     let head_only = match *req.method() {
         Method::GET => false,
         Method::HEAD => true,
