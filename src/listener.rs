@@ -9,8 +9,9 @@
 //!
 //! How a connection lives:
 //!
-//! - **Accept.** Over `max-connections` it is answered at once with a bare
-//!   503 and closed ([`refuse`]); it never gets a hyper connection. Accept
+//! - **Accept.** Over `max-connections` it is answered within a fraction of
+//!   a second with a bare 503 and closed ([`refuse`]); it never gets a
+//!   hyper connection. Accept
 //!   errors (EMFILE and the like) back off instead of spinning
 //!   ([`AcceptBackoff`]).
 //! - **Requests.** A request's body is dropped unread: the relay serves GET
@@ -75,13 +76,16 @@ const PROGRESS_FRAME: usize = 64 * 1024;
 /// How long a connection closed for idleness, or refused over the cap, may
 /// take to flush its goodbye (an h2 GOAWAY) before it is dropped.
 const CLOSE_FLUSH: Duration = Duration::from_millis(100);
+/// How long a connection over the cap may take to send its first bytes
+/// before it is answered anyway.
+const REFUSE_WAIT: Duration = Duration::from_millis(250);
 /// How long a refused connection is kept after its 503 so the client reads
 /// it before the socket closes (closing with unread input would send a RST
 /// that can destroy the answer in flight).
 const REFUSE_LINGER: Duration = Duration::from_millis(250);
-/// Most refused connections lingering at once; beyond it they are closed
-/// right after the 503 is written, so refusals never hold many descriptors.
-const REFUSE_LINGER_MAX: usize = 256;
+/// Most refusals in progress at once; beyond it connections are closed on
+/// the spot, so refusals never hold many descriptors.
+const REFUSE_MAX: usize = 256;
 /// How long an accept loop sleeps after a resource error (EMFILE, ENFILE,
 /// ENOBUFS, ENOMEM), when retrying at once would only spin.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -468,7 +472,7 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, shutdown: Cancellat
         stop: CancellationToken::new(),
     });
     let permits = Arc::new(Semaphore::new(max));
-    let lingering = Arc::new(Semaphore::new(REFUSE_LINGER_MAX));
+    let refusing = Arc::new(Semaphore::new(REFUSE_MAX));
     let mut backoff = AcceptBackoff::new("viewer");
     let mut drain_at: Option<Pin<Box<Sleep>>> = None;
     loop {
@@ -492,7 +496,7 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, shutdown: Cancellat
             },
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            refuse(&relay, tcp, peer, &lingering);
+            refuse(&relay, tcp, peer, &refusing);
             continue;
         };
         tokio::spawn(connection(shared.clone(), tcp, peer, permit));
@@ -611,22 +615,45 @@ async fn connection(
 }
 
 /// Answers a connection over `max-connections` with a bare 503 and closes
-/// it, without a hyper connection or any wait for the request: what the
-/// client already sent is read and discarded, the answer is written if the
-/// socket takes it at once, and the socket lingers at most [`REFUSE_LINGER`]
-/// so the client can read it.
-fn refuse(relay: &Relay, tcp: TcpStream, peer: SocketAddr, lingering: &Arc<Semaphore>) {
+/// it, without a hyper connection: the relay waits at most [`REFUSE_WAIT`]
+/// for the client's first bytes (an HTTP/1.1 client that gets an answer
+/// before it has sent its request takes it for a broken connection), writes
+/// the 503 if the socket takes it at once (an h2c client, recognised by its
+/// preface, is just closed: it could not read an HTTP/1.1 answer), and
+/// lingers at most [`REFUSE_LINGER`] so the client reads the answer before
+/// the socket closes. At most [`REFUSE_MAX`] refusals wait at once; beyond
+/// that a connection is closed on the spot.
+fn refuse(relay: &Relay, tcp: TcpStream, peer: SocketAddr, refusing: &Arc<Semaphore>) {
     relay.metrics.rejected("connections");
     relay.metrics.connection_closed("over_limit");
     relay.metrics.shed_log.note("connections");
     tracing::debug!(%peer, "refused connection over max-connections");
-    discard_ready(&tcp);
-    let _ = tcp.try_write(REFUSAL);
-    let Ok(permit) = lingering.clone().try_acquire_owned() else {
+    let Ok(permit) = refusing.clone().try_acquire_owned() else {
         return;
     };
     tokio::spawn(async move {
         let mut tcp = tcp;
+        let mut first = [0u8; 4];
+        let read = tokio::time::timeout(REFUSE_WAIT, async {
+            loop {
+                if tcp.readable().await.is_err() {
+                    return 0;
+                }
+                // Readiness can be spurious: only a read tells.
+                match tcp.try_read(&mut first) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Ok(n) => return n,
+                    Err(_) => return 0,
+                }
+            }
+        })
+        .await
+        .unwrap_or(0);
+        let h2c = read == first.len() && &first == b"PRI ";
+        discard_ready(&tcp);
+        if !h2c {
+            let _ = tcp.try_write(REFUSAL);
+        }
         let _ = tcp.shutdown().await;
         let _ = tokio::time::timeout(REFUSE_LINGER, async {
             let mut buf = [0u8; 4096];

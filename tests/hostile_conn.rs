@@ -375,8 +375,20 @@ async fn over_cap_connections_are_answered_at_once() {
         text.to_ascii_lowercase().contains("retry-after: 1"),
         "{text}"
     );
-    assert_eq!(r.relay.metrics.connections_closed_of("over_limit"), 1);
+    // An h2c client (prior knowledge) cannot read an HTTP/1.1 answer: it is
+    // closed at once.
+    let mut tcp = TcpStream::connect(r.addr).await.unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let (seen, _) = closed_within(&mut tcp, Duration::from_secs(2), "over-cap h2c").await;
+    assert!(seen.is_empty(), "h2c client got {seen:?}");
+    // A real HTTP/1.1 client reads the 503.
+    let got = h1(r.addr, proxy_get(origin.addr, "/vod/1")).await.unwrap();
+    assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.relay.metrics.connections_closed_of("over_limit"), 3);
     assert_eq!(r.relay.metrics.connections.get(), 2);
+    assert_eq!(origin.requests("/vod/1"), 0);
 }
 
 /// A relay process whose log lines are collected.
