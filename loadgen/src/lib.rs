@@ -5,7 +5,10 @@
 //! `demo` starts origin → relay A → relay B as child processes and runs
 //! `live` through them. `net` opens viewer connections, `sys` reads CPU, RSS
 //! and descriptor limits, and `report` holds histograms and tables.
+//! `attack` runs hostile clients against a relay process and prints the
+//! figures of issue 7 (RSS, CPU, origin requests, a real viewer's record).
 
+pub mod attack;
 pub mod demo;
 pub mod live;
 pub mod net;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use mlcache_loadgen::attack::{self, AttackArgs};
 use mlcache_loadgen::demo::{self, DemoOpts};
 use mlcache_loadgen::live::{self, Group, LiveOpts};
 use mlcache_loadgen::vod::{self, VodOpts};
@@ -156,6 +157,9 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Attack a relay (started here as an mlcache-relay process, or --target)
+    /// and print its RSS, CPU, origin requests and a real viewer's record.
+    Attack(Box<AttackArgs>),
     /// Run a relay (the demo starts its relays this way).
     #[command(hide = true)]
     Relay(Box<mlcache::Cli>),
@@ -295,6 +299,17 @@ async fn main() -> anyhow::Result<()> {
             let report = live::run(opts, ctrl_c()).await?;
             print!("{}", report.table());
             write_json(&json, &report)?;
+        }
+        Cmd::Attack(args) => {
+            let (json, no_fail) = (args.json.clone(), args.no_fail);
+            let report = attack::run(*args, ctrl_c()).await?;
+            print!("{}", report.table());
+            write_json(&json, &report)?;
+            if !no_fail && !report.passed() {
+                // A failed verdict is a result, not an error: no backtrace.
+                eprintln!("attack: not every expectation was met");
+                std::process::exit(1);
+            }
         }
         Cmd::Vod {
             relay,
