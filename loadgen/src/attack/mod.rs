@@ -138,6 +138,10 @@ pub struct AttackArgs {
     /// Viewers of the tiny-pieces body (each phase: misses, then hits).
     #[arg(long, default_value_t = 4)]
     pub viewers: usize,
+    /// rapid-reset: wait this long between a batch's HEADERS and its
+    /// RST_STREAMs (0: the same write), so the relay admits the streams first.
+    #[arg(long = "reset-after", default_value = "0s", value_parser = duration)]
+    pub reset_after: Duration,
     /// How long the attack's connections are held open (window0, silent):
     /// default the relay's timeout plus a margin.
     #[arg(long, value_parser = duration)]

