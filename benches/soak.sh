@@ -123,8 +123,8 @@ PIDS+=("$LIVE_PID")
         kind=${kinds[$((i % ${#kinds[@]}))]}
         limit=$((left < 60 ? left : 60))
         case $kind in
-        window0) extra=(--connections 4 --streams 10 --chunks 50 --hold 15s) ;;
-        silent) extra=(--connections 200 --hold 15s) ;;
+        window0) extra=(--connections 4 --streams 10 --chunks 50 --hold 20s) ;;
+        silent) extra=(--connections 200 --hold 25s) ;;
         rapid-reset) extra=(--connections 2 --streams 500) ;;
         esac
         echo "=== $(($(date +%s) - START))s: $kind ${extra[*]}"
@@ -161,7 +161,7 @@ grep '^=== ' "$WORK/attacks.txt" | awk '{print $3}' | sort | uniq -c
 grep -E '^  (OK|FAIL) ' "$WORK/attacks.txt" | sort | uniq -c || true
 
 echo
-echo "=== relay RSS (sampled every ${RSS_EVERY}s; 'first' is the first sample after the ramp and 60 s of warm-up)"
+echo "=== relay RSS (sampled every ${RSS_EVERY}s; 'first' is the first sample after the ramp and warm-up)"
 WARM=$((RAMP + (SOAK_SECONDS > 120 ? 60 : SOAK_SECONDS / 4)))
 VERDICT=0
 for col in 2 3; do

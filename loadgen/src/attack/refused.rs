@@ -152,11 +152,14 @@ pub async fn attack(ctx: &Ctx) -> anyhow::Result<Outcome> {
         Ok(s) => s,
         Err(_) => "still waiting (held to the end)".into(),
     };
-    let cap = ["--max-inflight-fetches", "--max-inflight-fetches-per-origin"]
-        .iter()
-        .filter_map(|f| ctx.relay_args.value(f).map(|v| format!("{f} {v}")))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let cap = [
+        "--max-inflight-fetches",
+        "--max-inflight-fetches-per-origin",
+    ]
+    .iter()
+    .filter_map(|f| ctx.relay_args.value(f).map(|v| format!("{f} {v}")))
+    .collect::<Vec<_>>()
+    .join(", ");
     let mut o = Outcome {
         viewer_grace: Duration::ZERO,
         origin_bound: Some((1, "the held fetch; 0 for the refused requests".into())),

@@ -192,7 +192,10 @@ async fn spawn_relay(
         let (mut addr, mut admin) = (None, None);
         while let Some(line) = lines.next_line().await? {
             let mut w = line.split_whitespace();
-            match (w.next(), w.next().and_then(|a| a.parse::<SocketAddr>().ok())) {
+            match (
+                w.next(),
+                w.next().and_then(|a| a.parse::<SocketAddr>().ok()),
+            ) {
                 (Some("listening"), Some(a)) => addr = Some(a),
                 (Some("admin"), Some(a)) => admin = Some(a),
                 _ => {}
@@ -397,7 +400,10 @@ pub async fn scrape(admin: SocketAddr) -> Option<String> {
         let body = resp.into_body().collect().await.ok()?.to_bytes();
         String::from_utf8(body.to_vec()).ok()
     };
-    tokio::time::timeout(SCRAPE_TIMEOUT, get).await.ok().flatten()
+    tokio::time::timeout(SCRAPE_TIMEOUT, get)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Every series of `name` in a metrics page, by label set (`""` when none).
@@ -447,6 +453,7 @@ pub struct Rig {
     start: Option<Instant>,
     rss_before: Option<u64>,
     cpu_before: Option<Duration>,
+    own_cpu_before: Duration,
     origin_before: u64,
     metrics_before: Option<String>,
     conns_before: f64,
@@ -541,6 +548,7 @@ impl Rig {
             start: None,
             rss_before: None,
             cpu_before: None,
+            own_cpu_before: Duration::ZERO,
             origin_before: 0,
             metrics_before: None,
             conns_before: 0.0,
@@ -565,6 +573,7 @@ impl Rig {
             start: None,
             rss_before: None,
             cpu_before: None,
+            own_cpu_before: Duration::ZERO,
             origin_before: 0,
             metrics_before: None,
             conns_before: 0.0,
@@ -630,6 +639,7 @@ impl Rig {
         }
         self.rss_before = self.sampler.as_ref().map(|s| s.reset_peak());
         self.cpu_before = self.pid.and_then(proc_cpu);
+        self.own_cpu_before = crate::sys::own_cpu();
         self.origin_before = self.origin_requests().unwrap_or(0);
         self.start = Some(Instant::now());
         Ok(())
@@ -753,7 +763,12 @@ impl Rig {
         if let Some(c) = cpu {
             rows.push((
                 "relay CPU".into(),
-                format!("{} over {}", secs(c), secs(attack_time)),
+                format!(
+                    "{} over {} (this tool, origins and clients: {})",
+                    secs(c),
+                    secs(attack_time),
+                    secs(crate::sys::own_cpu().saturating_sub(self.own_cpu_before))
+                ),
             ));
         }
         if let Some(n) = origin_requests {

@@ -146,6 +146,14 @@ pub async fn attack(ctx: &Ctx) -> anyhow::Result<Outcome> {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let open_time = all_open.map(|t| t - t0);
+    // What the relay itself counts, before the attack lets go: a handshake
+    // the kernel completed but the relay never accepted is not in it.
+    let relay_open = match ctx.admin {
+        Some(a) => super::rig::scrape(a)
+            .await
+            .map(|m| super::rig::sum(&m, "mlcache_connections")),
+        None => None,
+    };
     stop.cancel();
     let mut recs = Vec::with_capacity(n);
     while let Some(r) = tasks.join_next().await {
@@ -168,7 +176,11 @@ pub async fn attack(ctx: &Ctx) -> anyhow::Result<Outcome> {
         *answers
             .entry(format!(
                 "{}{}",
-                if r.preface { "preface → " } else { "silent → " },
+                if r.preface {
+                    "preface → "
+                } else {
+                    "silent → "
+                },
                 r.answer
             ))
             .or_default() += 1;
@@ -217,7 +229,14 @@ pub async fn attack(ctx: &Ctx) -> anyhow::Result<Outcome> {
             spread(&after)
         ),
     ));
-    o.rows.push(("first thing the relay sent".into(), counts(&answers)));
+    o.rows
+        .push(("first thing the relay sent".into(), counts(&answers)));
+    if let Some(n) = relay_open {
+        o.rows.push((
+            "relay's open connections".into(),
+            format!("{n} at the end of the watch (its mlcache_connections gauge)"),
+        ));
+    }
     o.verdicts.push(Verdict::new(
         format!(
             "every silent connection is closed by the relay within idle-timeout ({}) + {}",

@@ -137,6 +137,8 @@ struct Got {
     status: u16,
     x_cache: String,
     len: u64,
+    /// Body frames received (what the relay's pieces became on the wire).
+    frames: u64,
     /// Offset of the first wrong byte, if any.
     wrong_at: Option<u64>,
     took: Duration,
@@ -155,6 +157,7 @@ async fn fetch(relay: SocketAddr, origin: SocketAddr) -> Got {
         status: 0,
         x_cache: "-".into(),
         len: 0,
+        frames: 0,
         wrong_at: None,
         took: Duration::ZERO,
         error: None,
@@ -184,6 +187,7 @@ async fn fetch(relay: SocketAddr, origin: SocketAddr) -> Got {
                     }
                 }
                 got.len += data.len() as u64;
+                got.frames += 1;
             }
         }
         Ok::<_, String>(())
@@ -230,10 +234,14 @@ fn summary(got: &[Got], n: usize, size: u64) -> String {
             .or_default() += 1;
     }
     let slowest = got.iter().map(|g| g.took).max().unwrap_or_default();
+    let (bytes, frames) = got
+        .iter()
+        .fold((0u64, 0u64), |(b, f), g| (b + g.len, f + g.frames));
     let mut s = format!(
-        "{exact} of {n} exact ({}), slowest {}",
+        "{exact} of {n} exact ({}), slowest {}, {:.0} bytes per body frame received on average",
         super::counts(&cache),
-        secs(slowest)
+        secs(slowest),
+        bytes as f64 / frames.max(1) as f64
     );
     for g in got.iter().filter(|g| !g.exact(size)) {
         s.push_str(&format!(
@@ -276,7 +284,8 @@ pub async fn attack(ctx: &Ctx, origin: Option<Arc<RawOrigin>>) -> anyhow::Result
             mib(size * 6 + 5)
         ),
     ));
-    o.rows.push(("first viewers".into(), summary(&misses, n, size)));
+    o.rows
+        .push(("first viewers".into(), summary(&misses, n, size)));
     o.rows.push(("then".into(), summary(&hits, n, size)));
     o.verdicts.push(Verdict::new(
         "every viewer gets the exact bytes",

@@ -77,18 +77,16 @@ pub async fn attack(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let st = Arc::new(State::default());
     let stop = ctx.stop.child_token();
     let t0 = Instant::now();
+    let plan = Plan {
+        relay: ctx.relay,
+        origin: ctx.origin,
+        per,
+        chunks,
+        t0,
+    };
     let mut tasks = JoinSet::new();
     for i in 0..conns {
-        tasks.spawn(connection(
-            i,
-            ctx.relay,
-            ctx.origin,
-            per,
-            chunks,
-            st.clone(),
-            stop.clone(),
-            t0,
-        ));
+        tasks.spawn(connection(i, plan, st.clone(), stop.clone()));
     }
     // Hold until `hold` after the last stream went out, or every stream has
     // ended, or the deadline.
@@ -228,17 +226,27 @@ pub fn spread(sorted: &[Duration]) -> String {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn connection(
-    i: usize,
+/// What every connection does.
+#[derive(Clone, Copy)]
+struct Plan {
     relay: std::net::SocketAddr,
     origin: std::net::SocketAddr,
+    /// Streams per connection.
     per: usize,
+    /// Distinct chunks the streams spread over.
     chunks: u64,
-    st: Arc<State>,
-    stop: CancellationToken,
+    /// When the attack began.
     t0: Instant,
-) {
+}
+
+async fn connection(i: usize, plan: Plan, st: Arc<State>, stop: CancellationToken) {
+    let Plan {
+        relay,
+        origin,
+        per,
+        chunks,
+        t0,
+    } = plan;
     let fail = |what: String, n: usize| {
         st.not_sent.fetch_add(n as u64, Ordering::Relaxed);
         *st.failed.lock().entry(what).or_default() += n as u64;
@@ -279,7 +287,12 @@ async fn connection(
         });
     }
     for s in 0..per {
-        match tokio::time::timeout(OPEN_TIMEOUT, std::future::poll_fn(|cx| client.poll_ready(cx))).await {
+        match tokio::time::timeout(
+            OPEN_TIMEOUT,
+            std::future::poll_fn(|cx| client.poll_ready(cx)),
+        )
+        .await
+        {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 fail(describe(&e), per - s);
