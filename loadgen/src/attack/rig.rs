@@ -211,9 +211,10 @@ async fn spawn_relay(
         .context("the relay did not print its addresses in time")??;
     let Some((addr, admin)) = got else {
         let log = std::fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
         anyhow::bail!(
-            "the relay exited before listening; its log:\n{}",
-            log.lines().rev().take(10).collect::<Vec<_>>().join("\n")
+            "the relay exited before listening; the end of its log:\n{}",
+            lines[lines.len().saturating_sub(10)..].join("\n")
         );
     };
     // Keep draining stdout so the relay never blocks on a full pipe.
