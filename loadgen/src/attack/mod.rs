@@ -132,6 +132,11 @@ pub struct AttackArgs {
     /// Share of silent connections that send the HTTP/2 connection preface.
     #[arg(long = "preface-share", default_value_t = 0.25)]
     pub preface_share: f64,
+    /// silent: connects in flight at once. Above the relay's listen backlog
+    /// (128 with tokio's default) the kernel drops handshakes: the client
+    /// sees a connection the relay never accepted.
+    #[arg(long = "connects-at-once", default_value_t = 64)]
+    pub connects_at_once: usize,
     /// Body size for tiny-pieces.
     #[arg(long, value_parser = size, default_value = "64MiB")]
     pub size: u64,

@@ -22,8 +22,6 @@ use super::window0::spread;
 use super::{counts, secs, Ctx, Outcome, Verdict, CLOSE_MARGIN};
 use crate::net;
 
-/// Connects in flight at once.
-const CONNECTS_AT_ONCE: usize = 256;
 /// Longest one connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Descriptors this process keeps for everything else (origin, viewer, pipes).
@@ -55,7 +53,8 @@ pub async fn attack(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let bound = idle.unwrap_or(ASSUMED_IDLE) + CLOSE_MARGIN;
     let hold = ctx.args.hold.unwrap_or(bound);
     let stop = ctx.stop.child_token();
-    let permits = Arc::new(Semaphore::new(CONNECTS_AT_ONCE));
+    let at_once = ctx.args.connects_at_once.max(1);
+    let permits = Arc::new(Semaphore::new(at_once));
     let (opened, closed, done) = (
         Arc::new(AtomicU64::new(0)),
         Arc::new(AtomicU64::new(0)),
@@ -197,7 +196,7 @@ pub async fn attack(ctx: &Ctx) -> anyhow::Result<Outcome> {
     o.rows.push((
         "parameters".into(),
         format!(
-            "{n} TCP connections{} ({} send the HTTP/2 preface, the rest nothing) from 4 loopback source addresses; watched until {} after the last was opened",
+            "{n} TCP connections{} ({} send the HTTP/2 preface, the rest nothing) from 4 loopback source addresses, {at_once} connects at once; watched until {} after the last was opened",
             if n < wanted {
                 format!(" (of {wanted} asked; fd limit {limit})")
             } else {
