@@ -113,11 +113,16 @@ pub struct Flights {
     limits: Limits,
     parked: AtomicUsize,
     metrics: Arc<Metrics>,
-    /// The size of the last body that did not fit, and when: admission asks
-    /// for that much room for a while, so a full budget refuses new fetches
-    /// up front instead of letting each one fetch a head it cannot keep.
-    shortfall: Mutex<Option<(usize, Instant)>>,
+    /// Per origin, the size of the last body that did not fit, and when:
+    /// admission asks for that much room for a while, so a full budget
+    /// refuses new fetches up front instead of letting each one fetch a head
+    /// it cannot keep. Per origin, because object sizes are: one origin's
+    /// 32 MiB objects must not shut out another's 64 KiB chunks.
+    shortfall: Mutex<HashMap<String, (usize, Instant)>>,
 }
+
+/// Most origins whose shortfall is remembered at once.
+const SHORTFALL_ORIGINS: usize = 1024;
 
 /// How long a body that did not fit raises the room admission asks for.
 const SHORTFALL_MEMORY: Duration = Duration::from_secs(10);
@@ -137,7 +142,7 @@ impl Flights {
             limits,
             parked: AtomicUsize::new(0),
             metrics,
-            shortfall: Mutex::new(None),
+            shortfall: Mutex::new(HashMap::new()),
         })
     }
 
@@ -208,8 +213,8 @@ impl Flights {
         {
             return Err(Refused::OriginFetches);
         }
-        let recent = match *self.shortfall.lock() {
-            Some((n, at)) if at.elapsed() < SHORTFALL_MEMORY => n,
+        let recent = match self.shortfall.lock().get(&key.authority) {
+            Some((n, at)) if at.elapsed() < SHORTFALL_MEMORY => *n,
             _ => 0,
         };
         let reserve = self.limits.admit_reserve.max(recent);
@@ -223,9 +228,17 @@ impl Flights {
         Ok(())
     }
 
-    /// Records that a body of `bytes` did not fit in the budget.
-    pub fn note_shortfall(&self, bytes: usize) {
-        *self.shortfall.lock() = Some((bytes, Instant::now()));
+    /// Records that a body of `bytes` from `origin` did not fit in the
+    /// budget.
+    pub fn note_shortfall(&self, origin: &str, bytes: usize) {
+        let mut map = self.shortfall.lock();
+        if map.len() >= SHORTFALL_ORIGINS {
+            map.retain(|_, (_, at)| at.elapsed() < SHORTFALL_MEMORY);
+            if map.len() >= SHORTFALL_ORIGINS {
+                return;
+            }
+        }
+        map.insert(origin.to_string(), (bytes, Instant::now()));
     }
 
     fn place(self: &Arc<Self>) -> Result<Place, Refused> {

@@ -65,9 +65,7 @@ impl Running {
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let relay = Relay::new(config)?;
     let bind = |addr: SocketAddr| async move {
-        let l = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })?;
+        let l = listen(addr).map_err(|source| StartError::Bind { addr, source })?;
         let bound = l
             .local_addr()
             .map_err(|source| StartError::Bind { addr, source })?;
@@ -124,6 +122,22 @@ async fn flush_logs(relay: Arc<Relay>, stop: CancellationToken) {
     m.refused_log.flush();
 }
 
+/// Accept queue length of the relay's listeners. The standard library's 128
+/// drops handshakes when a crowd of viewers connects at once (the kernel caps
+/// it at `net.core.somaxconn`).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` with [`LISTEN_BACKLOG`] and `SO_REUSEADDR`.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Raises this process's soft open-file limit to its hard limit, and returns
 /// `(soft, hard)`. A relay needs one descriptor per viewer, and many systems
 /// start processes with a soft limit of 1,024.
@@ -150,13 +164,20 @@ pub fn raise_fd_limit() -> (u64, u64) {
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+/// The log filter when `RUST_LOG` is not set. The h2 crate logs each peer's
+/// protocol misbehaviour (a rapid-reset flood, say) at `warn`, one line per
+/// connection: exactly a log storm under attack, and the relay counts those
+/// connections in its metrics anyway.
+pub const DEFAULT_LOG_FILTER: &str = "info,h2=error";
+
+/// Logs to stderr, filtered by `RUST_LOG` (default [`DEFAULT_LOG_FILTER`]).
 pub fn init_tracing() {
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| DEFAULT_LOG_FILTER.into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -86,6 +86,9 @@ const REFUSE_LINGER: Duration = Duration::from_millis(250);
 /// Most refusals in progress at once; beyond it connections are closed on
 /// the spot, so refusals never hold many descriptors.
 const REFUSE_MAX: usize = 256;
+/// How long a connection over the cap waits for the place of an idle
+/// connection it displaced.
+const RECLAIM_WAIT: Duration = Duration::from_millis(250);
 /// How long an accept loop sleeps after a resource error (EMFILE, ENFILE,
 /// ENOBUFS, ENOMEM), when retrying at once would only spin.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -437,6 +440,57 @@ struct Shared {
     drain: CancellationToken,
     /// Fired after `shutdown-grace`: connections are dropped.
     stop: CancellationToken,
+    /// Every open connection, so that one over the cap can displace the
+    /// longest-idle of them.
+    members: Mutex<Members>,
+}
+
+#[derive(Default)]
+struct Members {
+    next: u64,
+    all: std::collections::HashMap<u64, Arc<Member>>,
+}
+
+/// An open connection as the accept loop sees it.
+struct Member {
+    watch: Arc<ConnWatch>,
+    /// Fired to close it gracefully so a new connection can have its place.
+    reclaim: CancellationToken,
+}
+
+impl Shared {
+    fn join(&self, watch: &Arc<ConnWatch>) -> (u64, Arc<Member>) {
+        let member = Arc::new(Member {
+            watch: watch.clone(),
+            reclaim: CancellationToken::new(),
+        });
+        let mut m = self.members.lock();
+        m.next += 1;
+        let id = m.next;
+        m.all.insert(id, member.clone());
+        (id, member)
+    }
+
+    fn leave(&self, id: u64) {
+        self.members.lock().all.remove(&id);
+    }
+
+    /// Asks the connection that has been idle longest (no unfinished
+    /// request; never one with a parked viewer) to close, as nginx reuses
+    /// idle keep-alive connections when it runs out of connections. Returns
+    /// whether one was asked. A scan is linear in the open connections, and
+    /// happens only when a connection arrives over the cap.
+    fn reclaim_idle(&self) -> bool {
+        let victim = {
+            let m = self.members.lock();
+            m.all
+                .values()
+                .filter(|c| !c.reclaim.is_cancelled() && c.watch.open.load(Ordering::Acquire) == 0)
+                .min_by_key(|c| c.watch.idle_since.load(Ordering::Acquire))
+                .cloned()
+        };
+        victim.map(|c| c.reclaim.cancel()).is_some()
+    }
 }
 
 fn builder(relay: &Relay) -> auto::Builder<TokioExecutor> {
@@ -470,6 +524,7 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, shutdown: Cancellat
         relay: relay.clone(),
         drain: CancellationToken::new(),
         stop: CancellationToken::new(),
+        members: Mutex::new(Members::default()),
     });
     let permits = Arc::new(Semaphore::new(max));
     let refusing = Arc::new(Semaphore::new(REFUSE_MAX));
@@ -496,7 +551,19 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, shutdown: Cancellat
             },
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            refuse(&relay, tcp, peer, &refusing);
+            if shared.reclaim_idle() {
+                relay.metrics.connection_closed("reclaimed");
+                let (shared, permits, refusing) =
+                    (shared.clone(), permits.clone(), refusing.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(RECLAIM_WAIT, permits.acquire_owned()).await {
+                        Ok(Ok(permit)) => connection(shared, tcp, peer, permit).await,
+                        _ => refuse(&shared.relay, tcp, peer, &refusing),
+                    }
+                });
+            } else {
+                refuse(&relay, tcp, peer, &refusing);
+            }
             continue;
         };
         tokio::spawn(connection(shared.clone(), tcp, peer, permit));
@@ -547,6 +614,7 @@ async fn connection(
     let local = tcp.local_addr().unwrap_or(relay.config.listen);
     let (idle_timeout, send_timeout) = (relay.config.idle_timeout, relay.config.send_timeout);
     let watch = Arc::new(ConnWatch::new());
+    let (id, member) = shared.join(&watch);
     let svc = {
         let (relay, watch) = (relay.clone(), watch.clone());
         service_fn(move |req: Request<Incoming>| {
@@ -585,6 +653,12 @@ async fn connection(
                 conn.as_mut().graceful_shutdown();
             }
             _ = shared.stop.cancelled() => break,
+            _ = member.reclaim.cancelled(), if !closing => {
+                tracing::debug!(%peer, "closing idle connection: its place is needed");
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+                timer.as_mut().reset(tokio::time::Instant::now() + CLOSE_FLUSH);
+            }
             _ = timer.as_mut() => {
                 if closing {
                     break;
@@ -611,6 +685,7 @@ async fn connection(
             }
         }
     }
+    shared.leave(id);
     drop(permit);
 }
 

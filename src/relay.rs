@@ -340,7 +340,8 @@ impl Relay {
             self.metrics.cache_evictions.inc_by(evicted as u64);
             w.push_all(batch.iter().cloned()).inspect_err(|e| {
                 let held = w.slot().received() as usize;
-                self.flights.note_shortfall(held + e.wanted)
+                self.flights
+                    .note_shortfall(&fill.key.authority, held + e.wanted)
             })?;
         }
         batch.clear();
@@ -422,7 +423,7 @@ impl Relay {
                 headers,
                 len,
             })
-            .inspect_err(|e| self.flights.note_shortfall(e.wanted))?;
+            .inspect_err(|e| self.flights.note_shortfall(&key.authority, e.wanted))?;
         if let Some(path) = next {
             self.prefetch(
                 ChunkKey {
@@ -441,6 +442,7 @@ impl Relay {
             let first = tokio::time::timeout(cfg.body_idle_timeout, body.frame())
                 .await
                 .map_err(|_| SlotError::Truncated("upstream body stalled".into()))?;
+            let before = received;
             let mut step = absorb(first, &mut batch, &mut received, max);
             // Take every frame that is already buffered, so a burst wakes
             // the viewers once.
@@ -455,19 +457,19 @@ impl Relay {
             // publication, so it costs one wake-up and one piece per window,
             // not per frame. The first frame after a quiet spell is not held.
             if let Some(t) = last_push {
-                let until = tokio::time::Instant::from_std(t + COALESCE_WINDOW);
+                let window = tokio::time::sleep_until((t + COALESCE_WINDOW).into());
+                tokio::pin!(window);
                 while matches!(step, Ok(false))
-                    && batch.iter().map(|b: &bytes::Bytes| b.len()).sum::<usize>()
-                        < crate::slot::MERGE_BELOW
+                    && received - before < crate::slot::MERGE_BELOW as u64
                 {
-                    match tokio::time::timeout_at(until, body.frame()).await {
-                        Ok(f) => step = absorb(f, &mut batch, &mut received, max),
-                        Err(_) => break,
+                    tokio::select! {
+                        biased;
+                        f = body.frame() => step = absorb(f, &mut batch, &mut received, max),
+                        _ = &mut window => break,
                     }
                 }
             }
-            let n: usize = batch.iter().map(|b| b.len()).sum();
-            self.metrics.bytes_in.inc_by(n as u64);
+            self.metrics.bytes_in.inc_by(received - before);
             self.push(fill, &mut batch)?;
             last_push = Some(Instant::now());
             self.metrics

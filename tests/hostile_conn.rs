@@ -352,14 +352,24 @@ async fn silent_and_half_open_connections_are_closed_after_idle_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_cap_connections_are_answered_at_once() {
-    let origin = manual_origin().await;
+    let origin = origin_with(|c| c.hold = Duration::from_secs(30)).await;
     let mut cfg = relay_config(&origin.url());
     cfg.max_connections = 2;
     let r = relay(cfg).await;
-    let _a = TcpStream::connect(r.addr).await.unwrap();
-    let _b = TcpStream::connect(r.addr).await.unwrap();
-    until(LONG, "both places taken", || {
-        r.relay.metrics.connections.get() == 2
+    // Both places are taken by viewers waiting for a chunk: busy
+    // connections, which are never displaced.
+    let mut busy = Vec::new();
+    for _ in 0..2 {
+        let mut tcp = TcpStream::connect(r.addr).await.unwrap();
+        let req = format!(
+            "GET http://{o}/live/0/0 HTTP/1.1\r\nhost: {o}\r\n\r\n",
+            o = origin.addr
+        );
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        busy.push(tcp);
+    }
+    until(LONG, "both places taken by parked viewers", || {
+        r.relay.metrics.connections.get() == 2 && r.relay.parked() == 2
     })
     .await;
     // A client that sends nothing still gets its answer and a close at once:
@@ -387,8 +397,45 @@ async fn over_cap_connections_are_answered_at_once() {
     let got = h1(r.addr, proxy_get(origin.addr, "/vod/1")).await.unwrap();
     assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.relay.metrics.connections_closed_of("over_limit"), 3);
+    assert_eq!(r.relay.metrics.connections_closed_of("reclaimed"), 0);
     assert_eq!(r.relay.metrics.connections.get(), 2);
     assert_eq!(origin.requests("/vod/1"), 0);
+}
+
+/// At the connection cap, a new viewer takes the place of the connection
+/// that has been idle longest (a silent socket), as nginx reuses idle
+/// keep-alive connections: a flood of silent connections cannot keep real
+/// viewers out until the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_give_their_place_to_new_viewers() {
+    let origin = manual_origin().await;
+    let mut cfg = relay_config(&origin.url());
+    cfg.max_connections = 3;
+    cfg.idle_timeout = Duration::from_secs(60);
+    let r = relay(cfg).await;
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(TcpStream::connect(r.addr).await.unwrap());
+        // One at a time, so the first is the longest idle.
+        let n = silent.len() as i64;
+        until(LONG, "silent connection accepted", || {
+            r.relay.metrics.connections.get() == n
+        })
+        .await;
+    }
+    for i in 0..3 {
+        let got = h1(r.addr, proxy_get(origin.addr, "/vod/1")).await.unwrap();
+        assert_eq!(
+            got.status,
+            StatusCode::OK,
+            "viewer {i} kept out by silent sockets"
+        );
+    }
+    assert!(r.relay.metrics.connections_closed_of("reclaimed") >= 1);
+    // The first silent socket was the one displaced: it is closed.
+    let (seen, _) = closed_within(&mut silent[0], Duration::from_secs(2), "displaced").await;
+    assert!(seen.is_empty());
+    assert!(r.relay.metrics.connections.get() <= 3);
 }
 
 /// A relay process whose log lines are collected.

@@ -522,24 +522,32 @@ async fn limits_answer_431_503_and_count() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_limit_get_503() {
-    let origin = manual_origin().await;
+    let origin = origin_with(held_origin).await;
     let mut cfg = relay_config(&origin.url());
     cfg.max_connections = 2;
     let r = relay(cfg).await;
-    // Two idle connections take both places.
-    let a = tokio::net::TcpStream::connect(r.addr).await.unwrap();
-    let _b = tokio::net::TcpStream::connect(r.addr).await.unwrap();
-    until(LONG, "both connections counted", || {
-        r.relay.metrics.connections.get() == 2
+    // Two viewers waiting for a live chunk take both places. (Idle
+    // connections would give theirs up: see tests/hostile_conn.rs.)
+    let waiting: Vec<_> = (0..2)
+        .map(|_| {
+            let (a, o) = (r.addr, origin.addr);
+            tokio::spawn(async move { h1(a, proxy_get(o, "/live/0/0")).await })
+        })
+        .collect();
+    until(LONG, "both places taken", || {
+        r.relay.metrics.connections.get() == 2 && r.relay.parked() == 2
     })
     .await;
     let got = h1(r.addr, proxy_get(origin.addr, "/vod/1")).await.unwrap();
     assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(got.headers.contains_key("retry-after"));
     assert_eq!(origin.requests("/vod/1"), 0);
-    drop(a);
-    until(LONG, "a place freed", || {
-        r.relay.metrics.connections.get() == 1
+    origin.publish(0);
+    for w in waiting {
+        assert_eq!(w.await.unwrap().unwrap().status, StatusCode::OK);
+    }
+    until(LONG, "places freed", || {
+        r.relay.metrics.connections.get() == 0
     })
     .await;
     let got = h1(r.addr, proxy_get(origin.addr, "/vod/1")).await.unwrap();
