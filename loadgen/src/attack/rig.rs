@@ -171,9 +171,12 @@ async fn spawn_relay(
         .stdout(std::process::Stdio::piped())
         .stderr(log_file)
         .stdin(std::process::Stdio::null())
+        // The relay's own default filter unless the caller set one: the
+        // warn-and-above count in the report is then what an operator sees.
         .env(
             "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            std::env::var("RUST_LOG")
+                .unwrap_or_else(|_| mlcache::DEFAULT_LOG_FILTER.into()),
         )
         .kill_on_drop(true);
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
