@@ -118,6 +118,18 @@ impl Cache {
         if let Some((_, old)) = inner.lru.pop(&key) {
             inner.bytes -= old;
         }
+        // Stale entries at the cold end go first, whatever the room: a live
+        // stream's old chunks are never asked for again, so waiting for a
+        // `get` to notice them would keep them until the store is full.
+        while let Some(w) = inner
+            .lru
+            .peek_lru()
+            .filter(|(_, (e, _))| !e.fresh())
+            .map(|(_, (_, w))| *w)
+        {
+            inner.lru.pop_lru();
+            inner.bytes -= w;
+        }
         let mut evicted = 0;
         while inner.bytes + weight > self.capacity {
             match inner.lru.pop_lru() {
@@ -227,6 +239,18 @@ mod tests {
             2
         );
         assert_eq!(cache.usage().entries, 1);
+    }
+
+    #[test]
+    fn stale_entries_at_the_cold_end_go_on_insert() {
+        let cache = Cache::new(1 << 20, 1 << 20);
+        let mut old = entry(10, 60);
+        old.initial_age = Duration::from_secs(61);
+        cache.insert(key("/old"), old);
+        cache.insert(key("/fresh"), entry(10, 60));
+        // Never asked for again, yet gone: it was stale when /fresh came.
+        assert_eq!(cache.usage().entries, 1);
+        assert!(cache.get(&key("/fresh")).is_some());
     }
 
     #[test]

@@ -175,8 +175,7 @@ async fn spawn_relay(
         // warn-and-above count in the report is then what an operator sees.
         .env(
             "RUST_LOG",
-            std::env::var("RUST_LOG")
-                .unwrap_or_else(|_| mlcache::DEFAULT_LOG_FILTER.into()),
+            std::env::var("RUST_LOG").unwrap_or_else(|_| mlcache::DEFAULT_LOG_FILTER.into()),
         )
         .kill_on_drop(true);
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
