@@ -623,7 +623,7 @@ impl Client {
         };
         let status = resp.status();
         if status == StatusCode::NOT_FOUND
-            && resp.headers().contains_key(crate::relay::NOT_YET_HEADER)
+            && resp.headers().contains_key(crate::protocol::NOT_YET_HEADER)
         {
             if resp.into_body().collect().await.is_ok() {
                 self.give_back(addr, send);

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod origin;
 pub mod policy;
 pub mod probe;
+pub mod protocol;
 pub mod ratelog;
 pub mod relay;
 pub mod server;

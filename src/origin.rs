@@ -20,7 +20,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -38,12 +38,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::manifest::{ChunkRef, KeyDoc, Manifest};
-use crate::relay::NOT_YET_HEADER;
+use crate::protocol::{self, now_ns, PUBLISH_HEADER};
 use crate::server::Body;
 use crate::slot::{Head, HeadWait, Slot, SlotError};
-
-/// Response header with the chunk's publish time in Unix nanoseconds.
-pub const PUBLISH_HEADER: &str = "mlcache-publish-ns";
 
 /// How a live chunk's bytes appear.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -388,13 +385,6 @@ pub async fn start(cfg: OriginConfig) -> std::io::Result<OriginHandle> {
     })
 }
 
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos() as u64
-}
-
 /// Deterministic chunk bytes: timestamp, sequence, then xorshift filler seeded
 /// by (stream, seq), so every viewer can check it got the same bytes.
 pub fn chunk_bytes(stream: u64, seq: u64, size: usize, publish_ns: u64) -> Bytes {
@@ -682,13 +672,7 @@ fn api<B>(state: &State, req: &Request<B>) -> Response<Body> {
 
 fn not_yet() -> Response<Body> {
     let mut r = text(StatusCode::NOT_FOUND, "not yet\n");
-    let h = r.headers_mut();
-    h.insert(NOT_YET_HEADER, HeaderValue::from_static("1"));
-    h.insert(
-        http::header::CACHE_CONTROL,
-        HeaderValue::from_static("no-store"),
-    );
-    h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("0"));
+    r.headers_mut().extend(protocol::not_yet_headers());
     r
 }
 

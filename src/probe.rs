@@ -18,8 +18,6 @@ use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 
-/// The probe path.
-pub const WELL_KNOWN: &str = "/.well-known/mlcache";
 /// Default probe timeout: long enough for any nearby cache, short enough
 /// that a viewer without one barely notices.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(300);
@@ -76,7 +74,7 @@ pub async fn probe(addr: SocketAddr, timeout: Duration) -> Result<ProbeAnswer, P
             .await
             .map_err(|e| fail(&e))?;
         tokio::spawn(conn);
-        let req = Request::get(WELL_KNOWN)
+        let req = Request::get(crate::protocol::PROBE_PATH)
             .header(http::header::HOST, addr.to_string())
             .body(Empty::<Bytes>::new())
             .map_err(|e| fail(&e))?;

@@ -27,15 +27,13 @@ use crate::flight::{Fill, Flights, Join, Limits, Parked, Refused, Store};
 use crate::key::{ChunkKey, KeyError, Origin, OriginSet};
 use crate::metrics::Metrics;
 use crate::policy::{Defaults, Policy};
+use crate::protocol::{self, is_not_yet};
 use crate::slot::{Head, SlotError};
 use crate::upstream::{Timeouts, Upstream, UpstreamError, UpstreamLimits};
 
 /// Most `Via` hops a relay passes on upstream; older ones are dropped, so a
 /// hostile client cannot make every upstream request carry a huge header.
 pub const MAX_VIA_HOPS: usize = 16;
-
-/// The response header that marks a "not yet" answer (see docs/protocol.md).
-pub const NOT_YET_HEADER: &str = "mlcache-not-yet";
 
 /// Why a relay could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -54,21 +52,9 @@ pub enum SetupError {
     OriginCa(std::path::PathBuf, std::io::Error),
 }
 
-/// Whether a response is the protocol's "not yet": 404 plus the marker header.
-/// A 404 without it is a real 404.
-pub fn is_not_yet(status: StatusCode, headers: &HeaderMap) -> bool {
-    status == StatusCode::NOT_FOUND && headers.contains_key(NOT_YET_HEADER)
-}
-
 /// The head of a "not yet" answer, as the relay sends it downstream.
 pub fn not_yet_head() -> Head {
-    let mut headers = HeaderMap::new();
-    headers.insert(NOT_YET_HEADER, HeaderValue::from_static("1"));
-    headers.insert(
-        http::header::CACHE_CONTROL,
-        HeaderValue::from_static("no-store"),
-    );
-    headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("0"));
+    let mut headers = protocol::not_yet_headers();
     headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     Head {
         status: StatusCode::NOT_FOUND,
@@ -192,7 +178,7 @@ impl Relay {
             flights,
             origins,
             metrics,
-            via_entry: HeaderValue::from_str(&format!("1.1 {id}"))
+            via_entry: HeaderValue::from_str(&protocol::via_entry(&id))
                 .map_err(|_| SetupError::BadId(id.clone()))?,
             id,
             upstream,
@@ -203,10 +189,7 @@ impl Relay {
 
     /// Whether `via` (a request's Via header values) already names this relay.
     pub fn in_via<'a>(&self, via: impl Iterator<Item = &'a HeaderValue>) -> bool {
-        via.filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|hop| hop.split_whitespace().nth(1))
-            .any(|by| by == self.id)
+        protocol::via_ids(via).any(|by| by == self.id)
     }
 
     /// The Via value to send upstream: the request's last hops (at most
@@ -634,12 +617,5 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("cache-control"));
-    }
-
-    #[test]
-    fn not_yet_is_told_apart_from_404() {
-        assert!(is_not_yet(StatusCode::NOT_FOUND, &not_yet_head().headers));
-        assert!(!is_not_yet(StatusCode::NOT_FOUND, &HeaderMap::new()));
-        assert!(!is_not_yet(StatusCode::OK, &not_yet_head().headers));
     }
 }

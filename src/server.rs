@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{stream, StreamExt};
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderValue;
 use http::{Method, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -26,14 +26,12 @@ use crate::cache::Entry;
 use crate::flight::{Parked, Refused};
 use crate::key::{KeyError, RawKey};
 use crate::metrics::Outcome;
+use crate::protocol::{CacheStatus, X_CACHE};
 use crate::relay::{not_yet_head, Answer, Relay};
 use crate::slot::{BodyReader, Head, HeadWait, SlotError};
 
 /// The response body type of every relay response.
 pub type Body = UnsyncBoxBody<Bytes, SlotError>;
-
-/// `X-Cache` response header.
-pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
 /// Why a downstream request was not answered from a slot or the cache.
 #[derive(Debug, thiserror::Error)]
@@ -178,7 +176,7 @@ pub(crate) fn local_response(
         http::header::CACHE_CONTROL,
         HeaderValue::from_static("no-store"),
     );
-    h.insert(X_CACHE, HeaderValue::from_static("MISS"));
+    h.insert(X_CACHE, CacheStatus::Miss.header_value());
     resp
 }
 
@@ -186,7 +184,7 @@ pub(crate) fn local_response(
 /// connection arrived on (an anycast address, for a probe). The request body
 /// is not passed: the listener drops it unread (GET and HEAD only).
 pub async fn handle(relay: Arc<Relay>, req: Request<()>, local: SocketAddr) -> Response<Body> {
-    if req.uri().path() == crate::probe::WELL_KNOWN
+    if req.uri().path() == crate::protocol::PROBE_PATH
         && req
             .uri()
             .scheme()
@@ -253,13 +251,21 @@ async fn respond(relay: &Arc<Relay>, req: Request<()>) -> Result<Response<Body>,
         Err(_) if viewer.saw_not_yet() => Arc::new(not_yet_head()),
         Err(_) => return Err(RequestError::Timeout(relay.config.max_wait)),
     };
-    let not_yet = crate::relay::is_not_yet(head.status, &head.headers);
+    let not_yet = crate::protocol::is_not_yet(head.status, &head.headers);
     relay.metrics.request(match (not_yet, opened) {
         (true, _) => Outcome::NotYet,
         (false, true) => Outcome::Miss,
         (false, false) => Outcome::Coalesced,
     });
-    let mut resp = response_head(relay, &head, if opened { "MISS" } else { "COALESCED" });
+    let mut resp = response_head(
+        relay,
+        &head,
+        if opened {
+            CacheStatus::Miss
+        } else {
+            CacheStatus::Coalesced
+        },
+    );
     if !head_only && !not_yet {
         let relay = relay.clone();
         let mut first = true;
@@ -284,12 +290,12 @@ async fn respond(relay: &Arc<Relay>, req: Request<()>) -> Result<Response<Body>,
     Ok(resp)
 }
 
-fn response_head(relay: &Relay, head: &Head, x_cache: &'static str) -> Response<Body> {
+fn response_head(relay: &Relay, head: &Head, x_cache: CacheStatus) -> Response<Body> {
     let mut resp = Response::new(full(Bytes::new()));
     *resp.status_mut() = head.status;
     *resp.headers_mut() = head.headers.clone();
     let h = resp.headers_mut();
-    h.insert(X_CACHE, HeaderValue::from_static(x_cache));
+    h.insert(X_CACHE, x_cache.header_value());
     h.append(http::header::VIA, relay.via_entry.clone());
     resp
 }
@@ -309,7 +315,7 @@ fn serve_entry(
         headers: entry.headers.clone(),
         len: Some(len),
     };
-    let mut resp = response_head(relay, &head, "HIT");
+    let mut resp = response_head(relay, &head, CacheStatus::Hit);
     let h = resp.headers_mut();
     h.insert(http::header::AGE, HeaderValue::from(entry.age().as_secs()));
     h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));

@@ -430,7 +430,7 @@ async fn viewer_wait_ends_in_not_yet_then_timeout() {
         .await
         .unwrap();
     assert_eq!(got.status, StatusCode::NOT_FOUND);
-    assert!(got.headers.contains_key("mlcache-not-yet"));
+    assert!(got.headers.contains_key(mlcache::protocol::NOT_YET_HEADER));
     // An origin that never answers in time is a 504, not a "not yet".
     let got = h1(r.addr, proxy_get(origin.addr, "/vod/1?delay_head_ms=3000"))
         .await
@@ -459,7 +459,7 @@ async fn plain_404_origin_sees_bounded_poll_rate() {
             while started.elapsed() < Duration::from_secs(1) {
                 let got = h1(a, proxy_get(o, "/live/0/0")).await.unwrap();
                 assert_eq!(got.status, StatusCode::NOT_FOUND);
-                assert!(!got.headers.contains_key("mlcache-not-yet"));
+                assert!(!got.headers.contains_key(mlcache::protocol::NOT_YET_HEADER));
                 n += 1;
             }
             n

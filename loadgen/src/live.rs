@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
@@ -21,6 +21,8 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+use mlcache::protocol::{now_ns, CacheStatus};
 
 use crate::net::{self, Client};
 use crate::report::{self, rate, GroupRecord, Percentiles};
@@ -129,13 +131,6 @@ struct Ctx {
     errors_total: AtomicU64,
 }
 
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos() as u64
-}
-
 #[derive(serde::Deserialize)]
 struct EdgeInfo {
     edge: i64,
@@ -204,7 +199,7 @@ async fn fetch(
     let resp = client.send(req).await.map_err(|_| "request failed")?;
     let status = resp.status();
     if status != StatusCode::OK {
-        let not_yet = resp.headers().contains_key("mlcache-not-yet");
+        let not_yet = mlcache::protocol::is_not_yet(resp.status(), resp.headers());
         // Drain so the connection stays usable.
         let _ = resp.into_body().collect().await;
         return Ok(if status == StatusCode::NOT_FOUND && not_yet {
@@ -213,7 +208,7 @@ async fn fetch(
             Fetched::Status(status)
         });
     }
-    let hit = resp.headers().get("x-cache").is_some_and(|v| v == "HIT");
+    let hit = CacheStatus::of(resp.headers()) == Some(CacheStatus::Hit);
     // Encrypted chunks are opaque here: the publish time comes from the
     // header, and integrity is the viewer client's job (it holds the keys).
     let encrypted = resp
@@ -222,7 +217,7 @@ async fn fetch(
         .is_some_and(|v| v == mlcache::ece::CODING);
     let header_ns = resp
         .headers()
-        .get(mlcache::origin::PUBLISH_HEADER)
+        .get(mlcache::protocol::PUBLISH_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let mut body = resp.into_body();

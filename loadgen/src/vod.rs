@@ -113,7 +113,8 @@ pub async fn run(opts: VodOpts) -> anyhow::Result<VodReport> {
                 let result = async {
                     let resp = c.send(req).await.map_err(|_| "request failed")?;
                     let status = resp.status();
-                    let hit = resp.headers().get("x-cache").is_some_and(|v| v == "HIT");
+                    let hit = mlcache::protocol::CacheStatus::of(resp.headers())
+                        == Some(mlcache::protocol::CacheStatus::Hit);
                     let body = resp
                         .into_body()
                         .collect()

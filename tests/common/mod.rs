@@ -72,7 +72,7 @@ pub struct Got {
 impl Got {
     pub fn x_cache(&self) -> &str {
         self.headers
-            .get("x-cache")
+            .get(mlcache::protocol::X_CACHE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
     }

@@ -172,7 +172,7 @@ async fn fetch(relay: SocketAddr, origin: SocketAddr) -> Got {
         got.status = resp.status().as_u16();
         got.x_cache = resp
             .headers()
-            .get("x-cache")
+            .get(mlcache::protocol::X_CACHE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-")
             .to_string();
