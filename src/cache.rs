@@ -10,6 +10,7 @@
 //! are still reading frees its bytes only when the last of them finishes; the
 //! budget keeps counting them until then.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -67,9 +68,55 @@ pub struct Usage {
     pub entries: usize,
 }
 
+/// One stored entry: the entry, its weight, and its place in the expiry
+/// index.
+struct Stored {
+    entry: Arc<Entry>,
+    weight: usize,
+    expires: (Instant, u64),
+}
+
 struct Inner {
-    lru: LruCache<ChunkKey, (Arc<Entry>, usize)>,
+    lru: LruCache<ChunkKey, Stored>,
+    /// Entries by the instant they go stale, so stale ones can be dropped
+    /// whatever their place in the LRU order: a live stream's old chunks are
+    /// never asked for again, and fresh long-lived entries at the cold end
+    /// must not keep them.
+    expiry: BTreeMap<(Instant, u64), ChunkKey>,
+    next: u64,
     bytes: usize,
+}
+
+impl Inner {
+    fn remove(&mut self, key: &ChunkKey) -> Option<Stored> {
+        let s = self.lru.pop(key)?;
+        self.forget(&s);
+        Some(s)
+    }
+
+    fn pop_lru(&mut self) -> Option<Stored> {
+        let (_, s) = self.lru.pop_lru()?;
+        self.forget(&s);
+        Some(s)
+    }
+
+    fn forget(&mut self, s: &Stored) {
+        self.expiry.remove(&s.expires);
+        self.bytes -= s.weight;
+    }
+
+    /// Drops every entry that is stale by now.
+    fn purge(&mut self, now: Instant) {
+        while let Some((&(at, n), _)) = self.expiry.first_key_value() {
+            if at > now {
+                break;
+            }
+            let key = self.expiry.remove(&(at, n)).expect("just seen");
+            if let Some(s) = self.lru.pop(&key) {
+                self.bytes -= s.weight;
+            }
+        }
+    }
 }
 
 /// A byte-bounded LRU store.
@@ -86,6 +133,8 @@ impl Cache {
         Cache {
             inner: Mutex::new(Inner {
                 lru: LruCache::unbounded(),
+                expiry: BTreeMap::new(),
+                next: 0,
                 bytes: 0,
             }),
             capacity,
@@ -97,51 +146,45 @@ impl Cache {
     /// dropped, so the caller refetches.
     pub fn get(&self, key: &ChunkKey) -> Option<Arc<Entry>> {
         let mut inner = self.inner.lock();
-        let (entry, weight) = inner.lru.get(key).map(|(e, w)| (e.clone(), *w))?;
+        let entry = inner.lru.get(key).map(|s| s.entry.clone())?;
         if entry.fresh() {
             return Some(entry);
         }
-        inner.lru.pop(key);
-        inner.bytes -= weight;
+        inner.remove(key);
         None
     }
 
-    /// Stores a complete entry, evicting least recently used entries until it
-    /// fits. Returns how many entries were evicted, or `None` when the entry
-    /// is too large to store.
+    /// Stores a complete entry, after dropping every stale entry, evicting
+    /// least recently used entries until it fits. Returns how many entries
+    /// were evicted for room, or `None` when the entry is too large to store.
     pub fn insert(&self, key: ChunkKey, entry: Entry) -> Option<usize> {
         let weight = entry.weight(&key);
         if weight > self.max_object {
             return None;
         }
+        let now = Instant::now();
+        let left = entry.ttl.saturating_sub(entry.age());
+        // An absurd lifetime (past what Instant can hold) never expires.
+        let at = now.checked_add(left).unwrap_or(now + FAR_FUTURE);
         let mut inner = self.inner.lock();
-        if let Some((_, old)) = inner.lru.pop(&key) {
-            inner.bytes -= old;
-        }
-        // Stale entries at the cold end go first, whatever the room: a live
-        // stream's old chunks are never asked for again, so waiting for a
-        // `get` to notice them would keep them until the store is full.
-        while let Some(w) = inner
-            .lru
-            .peek_lru()
-            .filter(|(_, (e, _))| !e.fresh())
-            .map(|(_, (_, w))| *w)
-        {
-            inner.lru.pop_lru();
-            inner.bytes -= w;
-        }
+        inner.remove(&key);
+        inner.purge(now);
         let mut evicted = 0;
-        while inner.bytes + weight > self.capacity {
-            match inner.lru.pop_lru() {
-                Some((_, (_, w))) => {
-                    inner.bytes -= w;
-                    evicted += 1;
-                }
-                None => break,
-            }
+        while inner.bytes + weight > self.capacity && inner.pop_lru().is_some() {
+            evicted += 1;
         }
         inner.bytes += weight;
-        inner.lru.put(key, (Arc::new(entry), weight));
+        inner.next += 1;
+        let expires = (at, inner.next);
+        inner.expiry.insert(expires, key.clone());
+        inner.lru.put(
+            key,
+            Stored {
+                entry: Arc::new(entry),
+                weight,
+                expires,
+            },
+        );
         Some(evicted)
     }
 
@@ -153,14 +196,7 @@ impl Cache {
         while !enough() {
             // Drop the entry outside the lock: its body may be the last
             // reference, and freeing a large body is not free.
-            let popped = {
-                let mut inner = self.inner.lock();
-                let popped = inner.lru.pop_lru();
-                if let Some((_, (_, w))) = &popped {
-                    inner.bytes -= w;
-                }
-                popped
-            };
+            let popped = self.inner.lock().pop_lru();
             if popped.is_none() {
                 break;
             }
@@ -183,6 +219,9 @@ impl Cache {
         self.capacity
     }
 }
+
+/// Stand-in expiry for lifetimes too long for `Instant` arithmetic.
+const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 #[cfg(test)]
 mod tests {
@@ -242,15 +281,21 @@ mod tests {
     }
 
     #[test]
-    fn stale_entries_at_the_cold_end_go_on_insert() {
+    fn stale_entries_go_on_insert_wherever_they_are() {
         let cache = Cache::new(1 << 20, 1 << 20);
-        let mut old = entry(10, 60);
-        old.initial_age = Duration::from_secs(61);
-        cache.insert(key("/old"), old);
-        cache.insert(key("/fresh"), entry(10, 60));
-        // Never asked for again, yet gone: it was stale when /fresh came.
-        assert_eq!(cache.usage().entries, 1);
-        assert!(cache.get(&key("/fresh")).is_some());
+        // A long-lived entry sits at the cold end, in front of a stale one.
+        cache.insert(key("/vod"), entry(10, 3600));
+        let mut old = entry(10, 1);
+        // Stale from the moment it is stored (its age reached its lifetime).
+        old.initial_age = Duration::from_secs(1);
+        cache.insert(key("/live-old"), old);
+        cache.insert(key("/live-new"), entry(10, 60));
+        // Never asked for again, yet gone: it was stale when /live-new came.
+        assert_eq!(cache.usage().entries, 2);
+        assert!(cache.get(&key("/vod")).is_some());
+        assert!(cache.get(&key("/live-new")).is_some());
+        let bytes = cache.usage().bytes;
+        assert_eq!(bytes, 2 * entry(10, 1).weight(&key("/vod")) + 5);
     }
 
     #[test]
