@@ -12,6 +12,7 @@ pub mod budget;
 pub mod cache;
 pub mod client;
 pub mod config;
+pub mod connect;
 pub mod ece;
 pub mod flight;
 pub mod key;

@@ -216,18 +216,6 @@ impl Metrics {
         self.rejected.get_or_create(&[("reason", reason)]).inc();
     }
 
-    /// Reads one refusal counter (for tests and the admin page).
-    pub fn rejected_of(&self, reason: &'static str) -> u64 {
-        self.rejected.get_or_create(&[("reason", reason)]).get()
-    }
-
-    /// Reads one request counter (for tests and the admin page).
-    pub fn requests_of(&self, outcome: Outcome) -> u64 {
-        self.requests
-            .get_or_create(&[("result", outcome.label())])
-            .get()
-    }
-
     /// Counts one downstream connection the relay closed: `idle` (no
     /// unfinished request for `idle-timeout`), `no_progress` (a response made
     /// no progress for `send-timeout`) or `over_limit` (over `max-connections`).
@@ -273,6 +261,5 @@ mod tests {
         assert!(text.contains("mlcache_upstream_fetches_total{target=\"origin\",result=\"ok\"} 1"));
         assert!(text.contains("mlcache_delivery_seconds_count 1"));
         assert!(text.ends_with("# EOF\n"));
-        assert_eq!(m.requests_of(Outcome::Coalesced), 1);
     }
 }

@@ -14,9 +14,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::http1;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpStream;
+
+use crate::connect::ConnectError;
 
 /// Default probe timeout: long enough for any nearby cache, short enough
 /// that a viewer without one barely notices.
@@ -69,11 +70,15 @@ pub enum ProbeError {
 pub async fn probe(addr: SocketAddr, timeout: Duration) -> Result<ProbeAnswer, ProbeError> {
     let fail = |e: &dyn std::fmt::Display| ProbeError::Failed(addr, e.to_string());
     let ask = async {
-        let tcp = TcpStream::connect(addr).await.map_err(|e| fail(&e))?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        let tcp = crate::connect::tcp(addr, timeout)
+            .await
+            .map_err(|e| match e {
+                ConnectError::Timeout(_) => ProbeError::Timeout(addr, timeout),
+                e => fail(&e),
+            })?;
+        let mut send = crate::connect::http1(tcp, &http1::Builder::new())
             .await
             .map_err(|e| fail(&e))?;
-        tokio::spawn(conn);
         let req = Request::get(crate::protocol::PROBE_PATH)
             .header(http::header::HOST, addr.to_string())
             .body(Empty::<Bytes>::new())

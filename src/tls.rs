@@ -4,12 +4,22 @@
 //! (rcgen), so nothing secret is ever committed. It writes the CA
 //! certificate where a client can be told to trust it (`--ca`). Clients trust
 //! that CA, or the webpki roots when none is given.
+//!
+//! Clients (the relay's `https://` origins, the viewer's key API) open a
+//! connection with [`connect`]: TCP through [`crate::connect::tcp`], then the
+//! rustls handshake, checked against the server name.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::{InvalidDnsNameError, ServerName};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio_rustls::client::TlsStream;
+
+use crate::connect::ConnectError;
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +33,49 @@ pub enum TlsError {
     /// A CA file held no usable certificate.
     #[error("no certificate in CA file: {0}")]
     Pem(String),
+}
+
+/// Why a TLS client connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsConnectError {
+    /// The host is neither a DNS name nor an IP address.
+    #[error("server name {host}: {source}")]
+    ServerName {
+        /// The host as given.
+        host: String,
+        /// What rustls said.
+        source: InvalidDnsNameError,
+    },
+    /// The TCP connection failed.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The TLS handshake failed (certificate verification included).
+    #[error("{0}")]
+    Handshake(std::io::Error),
+}
+
+/// Connects to `addr` within `connect_timeout` and runs the TLS handshake
+/// with `config`, verifying the certificate against `host` (a DNS name or an
+/// IP address; an IPv6 literal may keep its brackets). The name is checked
+/// before anything is connected. The handshake itself is not bounded here:
+/// the caller's own deadline covers it.
+pub async fn connect(
+    config: &Arc<ClientConfig>,
+    host: &str,
+    addr: impl ToSocketAddrs,
+    connect_timeout: Duration,
+) -> Result<TlsStream<TcpStream>, TlsConnectError> {
+    let host = host.trim_matches(['[', ']']);
+    let name =
+        ServerName::try_from(host.to_string()).map_err(|source| TlsConnectError::ServerName {
+            host: host.to_string(),
+            source,
+        })?;
+    let tcp = crate::connect::tcp(addr, connect_timeout).await?;
+    tokio_rustls::TlsConnector::from(config.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(TlsConnectError::Handshake)
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {

@@ -1,0 +1,226 @@
+//! The client side of a relay: asks parent relays, in order, and falls back to
+//! the origin itself.
+//!
+//! Parents are spoken to over HTTP/2 with prior knowledge, one connection per
+//! parent, so every in-flight long-poll to a parent shares one TCP connection.
+//! The request names the chunk CDN style (`:authority` = origin, `:path` =
+//! path-and-query) and carries `Via`, so the parent applies its own allow-list
+//! and loop check. Origins are HTTP/1.1, because any web server must do:
+//! `http://` and `https://` ones (rustls, webpki roots or `--origin-ca`) both
+//! through a small keep-alive pool of this module's own ([`OriginPool`]),
+//! which decides itself which connection may carry another request.
+//!
+//! Every failure is a typed [`Failure`] with a [`Blame`] (which source), and
+//! the retry rules follow from its kind:
+//!
+//! - **Connection-level failures** (connect refused or timed out, probe
+//!   failure, the connection closed, reset or sent GOAWAY before a head) mark
+//!   that one parent down for [`PARENT_DOWN_BACKOFF`], and the next source is
+//!   tried. A failure on a *reused* connection first reconnects once: a
+//!   pooled connection the peer has just closed is not evidence that the
+//!   peer is down.
+//! - **A parent's 5xx** (502, 503, 504, 508 loop, any 5xx: docs/protocol.md)
+//!   tries the next source without marking the parent down: it answered.
+//!   So do a stream the parent reset and a response head the relay refused
+//!   (over [`UpstreamLimits::max_head`], or malformed).
+//! - **No head within `--upstream-hold`** (a slow long-poll) never marks the
+//!   parent down and does not go on to the origin either: the fetch ends with
+//!   the timeout (504). The hold is most likely the head end holding a chunk
+//!   that does not exist yet. Asking the origin directly would be held just
+//!   the same, and every child relay doing so would bypass the tree and
+//!   multiply the origin's load exactly at the live edge. A parent that is
+//!   really wedged is caught by the h2 keep-alive ping, which fails the
+//!   connection (a connection-level failure).
+//! - **The origin** is the last source: its failure is the fetch's error, and
+//!   any answer it gives (including a 5xx) is final.
+//!
+//! Before a response is returned its framing is normalised: with both
+//! `Transfer-Encoding` and `Content-Length`, Transfer-Encoding wins and
+//! Content-Length is removed (RFC 9112 §6.3). hyper decodes such a body as
+//! chunked but keeps both headers, and keeps the connection alive; the pool
+//! closes it after the response instead, since the message may be a
+//! smuggling or response-splitting attempt (the same section says to treat
+//! it as an error).
+//!
+//! The files, one concept each: this one holds the [`Upstream`] client and
+//! its source order ([`Upstream::fetch`]); `error` the [`Failure`] kinds,
+//! [`Blame`] and [`UpstreamError`], and how a hyper error is classified;
+//! `parent` the HTTP/2 connection to one parent (probe, mark-down, stale
+//! retry); `origin_pool` the HTTP/1.1 keep-alive pool and the origin
+//! request; `head` the checks a response head passes before anyone sees it.
+
+mod error;
+mod head;
+mod origin_pool;
+mod parent;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, Response};
+use hyper::body::Incoming;
+
+use crate::key::{ChunkKey, Origin};
+use crate::metrics::Metrics;
+
+pub use error::{Blame, Failure, UpstreamError};
+pub use origin_pool::OriginPool;
+
+use parent::Parent;
+
+/// How long a parent that could not be reached is skipped.
+pub const PARENT_DOWN_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Default limit of an upstream response head, in bytes.
+pub const DEFAULT_MAX_HEAD: usize = 64 << 10;
+
+/// An idle origin connection older than this is closed rather than reused.
+pub const ORIGIN_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// At most this many idle connections are kept per origin.
+pub const ORIGIN_MAX_IDLE: usize = 32;
+
+/// Which kind of source answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A parent relay (index into `--upstream`).
+    Parent(usize),
+    /// The origin itself.
+    Origin,
+}
+
+impl Source {
+    /// The metric label of this source.
+    pub fn label(self) -> &'static str {
+        match self {
+            Source::Parent(_) => "parent",
+            Source::Origin => "origin",
+        }
+    }
+}
+
+/// Time limits of upstream requests.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// TCP connect.
+    pub connect: Duration,
+    /// From request sent to response head (the long-poll hold).
+    pub head: Duration,
+}
+
+/// Size limits of upstream responses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamLimits {
+    /// Largest response head accepted, in bytes: the raw head (status line
+    /// and fields) from origins, and the decoded header list (RFC 9113
+    /// §6.5.2 sizes: name + value + 32 per field) from parents.
+    /// A bigger head is a [`Failure::HeadTooLarge`]: 502, no parent marked
+    /// down.
+    pub max_head: usize,
+}
+
+impl Default for UpstreamLimits {
+    fn default() -> Self {
+        UpstreamLimits {
+            max_head: DEFAULT_MAX_HEAD,
+        }
+    }
+}
+
+/// The parent relays and the origin client.
+pub struct Upstream {
+    own_id: String,
+    tls: Arc<rustls::ClientConfig>,
+    parents: Vec<Parent>,
+    pool: Arc<OriginPool>,
+    timeouts: Timeouts,
+    limits: UpstreamLimits,
+    metrics: Arc<Metrics>,
+}
+
+impl Upstream {
+    /// Builds the client for `parents` (URLs such as `http://10.0.0.1:8080`
+    /// or `probe:IP:PORT`) with `limits` (usually [`UpstreamLimits::default`]).
+    pub fn with_limits(
+        parents: &[String],
+        own_id: String,
+        origin_ca: Option<&[u8]>,
+        timeouts: Timeouts,
+        metrics: Arc<Metrics>,
+        limits: UpstreamLimits,
+    ) -> Result<Upstream, UpstreamError> {
+        let tls = crate::tls::client_config(origin_ca)?;
+        let parents = parents
+            .iter()
+            .map(|p| Parent::parse(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Upstream {
+            own_id,
+            tls,
+            parents,
+            pool: Arc::new(OriginPool::default()),
+            timeouts,
+            limits,
+            metrics,
+        })
+    }
+
+    /// Whether parent `index` (into `--upstream`) is marked down right now.
+    pub fn parent_down(&self, index: usize) -> bool {
+        self.parents.get(index).is_some_and(Parent::is_down)
+    }
+
+    /// The origin connection pool (for diagnostics and tests).
+    pub fn origin_pool(&self) -> &OriginPool {
+        &self.pool
+    }
+
+    /// Fetches `key`: each parent in order, then the origin. `via` is the
+    /// request's `Via` with this relay's entry already appended. The retry
+    /// rules are in the module doc.
+    pub async fn fetch(
+        &self,
+        key: &ChunkKey,
+        origin: &Origin,
+        via: &HeaderValue,
+    ) -> Result<(Response<Incoming>, Source), UpstreamError> {
+        for (i, parent) in self.parents.iter().enumerate() {
+            if parent.is_down() {
+                self.metrics.upstream("parent", "skipped_down");
+                continue;
+            }
+            let failure = match self.ask_parent(parent, key, via).await {
+                Ok(resp) if resp.status().is_server_error() => Failure::Status(resp.status()),
+                Ok(resp) => return Ok((resp, Source::Parent(i))),
+                Err(f) => f,
+            };
+            self.metrics.upstream("parent", failure.label());
+            if failure.is_connection_level() {
+                parent.mark_down();
+                self.metrics.upstream("parent", "down");
+                tracing::warn!(parent = %parent.url, %key, error = %failure, backoff = ?PARENT_DOWN_BACKOFF, "parent unreachable: marked down, trying the next source");
+            } else if let Failure::HeadTimeout(_) = failure {
+                // Not down, and not bypassed either: see the module doc.
+                tracing::info!(parent = %parent.url, %key, error = %failure, "parent held the request past --upstream-hold");
+                return Err(UpstreamError::Fetch {
+                    blame: Blame::Parent,
+                    target: parent.url.clone(),
+                    failure,
+                });
+            } else {
+                tracing::debug!(parent = %parent.url, %key, error = %failure, "parent failed this request, trying the next source");
+            }
+        }
+        self.ask_origin(key, origin, via)
+            .await
+            .map(|r| (r, Source::Origin))
+            .map_err(|failure| {
+                self.metrics.upstream("origin", failure.label());
+                UpstreamError::Fetch {
+                    blame: Blame::Origin,
+                    target: origin.canonical(),
+                    failure,
+                }
+            })
+    }
+}
