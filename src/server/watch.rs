@@ -217,8 +217,8 @@ impl Drop for OpenRequest {
 }
 
 /// A response body as hyper sees it: the relay's body, cut into frames of
-/// at most [`PROGRESS_FRAME`] bytes (slices of the same `Bytes`, no copy),
-/// stamping its [`Progress`] as it goes.
+/// at most `PROGRESS_FRAME` bytes (slices of the same `Bytes`, no copy),
+/// stamping its `Progress` as it goes.
 pub struct Tracked {
     inner: Body,
     /// The part of the last frame not handed out yet.
