@@ -56,17 +56,6 @@ impl fmt::Display for ChunkKey {
     }
 }
 
-/// The request form a chunk key came from (kept for logs and metrics).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RequestForm {
-    /// `GET http://AUTHORITY/PATH`, as sent to a forward proxy.
-    Absolute,
-    /// `GET /PATH` with `Host: AUTHORITY` (or HTTP/2 `:authority`).
-    Host,
-    /// `GET /mlcache/AUTHORITY/PATH`.
-    Path,
-}
-
 /// A raw key as named by a request, before the allow-list check.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawKey {
@@ -74,8 +63,6 @@ pub struct RawKey {
     pub authority: String,
     /// Path and query.
     pub path: String,
-    /// Which form named it.
-    pub form: RequestForm,
 }
 
 impl RawKey {
@@ -102,7 +89,6 @@ impl RawKey {
             return Ok(RawKey {
                 authority: authority.to_string(),
                 path: check_path(full)?,
-                form: RequestForm::Path,
             });
         }
         let path_and_query = uri
@@ -113,15 +99,9 @@ impl RawKey {
         // authority but its scheme is the connection's, so both count as
         // "the URI names the origin".
         if let Some(auth) = uri.authority() {
-            let form = if req.version() == http::Version::HTTP_2 {
-                RequestForm::Host
-            } else {
-                RequestForm::Absolute
-            };
             return Ok(RawKey {
                 authority: auth.as_str().to_string(),
                 path: check_path(path_and_query)?,
-                form,
             });
         }
         let host = req
@@ -133,7 +113,6 @@ impl RawKey {
         Ok(RawKey {
             authority: host.to_string(),
             path: check_path(path_and_query)?,
-            form: RequestForm::Host,
         })
     }
 }
@@ -278,11 +257,6 @@ impl OriginSet {
         Ok(OriginSet { origins })
     }
 
-    /// The allowed origins.
-    pub fn origins(&self) -> &[Origin] {
-        &self.origins
-    }
-
     /// Finds the allowed origin a client-written authority names. Without a
     /// port, an origin matches on its scheme's default port.
     pub fn find(&self, authority: &str) -> Result<&Origin, KeyError> {
@@ -306,11 +280,6 @@ impl OriginSet {
             origin.clone(),
         ))
     }
-
-    /// The origin of a canonical key.
-    pub fn for_key(&self, key: &ChunkKey) -> Result<&Origin, KeyError> {
-        self.find(&key.authority)
-    }
 }
 
 #[cfg(test)]
@@ -332,9 +301,6 @@ mod tests {
         let b = RawKey::from_request(&req("/s/c1?x=1", Some("data.example.com:80"))).unwrap();
         let c = RawKey::from_request(&req("/mlcache/data.example.com/s/c1?x=1", Some("relay")))
             .unwrap();
-        assert_eq!(a.form, RequestForm::Absolute);
-        assert_eq!(b.form, RequestForm::Host);
-        assert_eq!(c.form, RequestForm::Path);
         let ka = set.resolve(&a).unwrap().0;
         assert_eq!(ka, set.resolve(&b).unwrap().0);
         assert_eq!(ka, set.resolve(&c).unwrap().0);

@@ -1,7 +1,7 @@
 //! mlcache: a multi-level streaming cache for encrypted live and VOD chunks.
 //!
-//! A viewer's connection is accepted by [`listener`]; each request on it is
-//! checked by [`server`], named by [`key`], and answered through [`flight`]:
+//! A viewer's connection is accepted and each request on it checked by
+//! [`server`]; the request is named by [`key`] and answered through [`flight`]:
 //! from [`cache`] if the chunk is complete and fresh, otherwise by joining the one in-flight [`slot`] for it, which a
 //! single fill task in [`relay`] feeds from [`upstream`] (a parent relay or
 //! the origin). Admission is decided in `flight` before any fetch starts, and
@@ -16,7 +16,6 @@ pub mod connect;
 pub mod ece;
 pub mod flight;
 pub mod key;
-pub mod listener;
 pub mod manifest;
 pub mod metrics;
 pub mod origin;
@@ -29,6 +28,10 @@ pub mod server;
 pub mod slot;
 pub mod tls;
 pub mod upstream;
+
+/// The connection layer's former path (now in [`server`]), kept so that
+/// `listener::serve` and `listener::AcceptBackoff` still resolve.
+pub use server as listener;
 
 pub use config::{Cli, Config};
 pub use relay::Relay;

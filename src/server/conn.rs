@@ -1,0 +1,134 @@
+//! One viewer connection: the hyper connection with its service, and the
+//! task that watches it.
+//!
+//! The task races hyper against four events: the drain (graceful
+//! shutdown), the stop after `shutdown-grace`, a reclaim by the accept loop
+//! (its place is needed by a new viewer), and its [`ConnWatch`] timer, which
+//! closes it when idle or stalled. Each request's body is dropped unread and
+//! its head handed to [`handle`]; the response body goes back through
+//! [`OpenRequest::track`].
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Request;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::handle;
+use super::listener::Shared;
+use super::stall::StallGuard;
+use super::watch::{now_ms, ConnWatch, OpenRequest, Verdict};
+
+/// How long a connection closed for idleness, or to make room for one over
+/// the cap, may take to flush its goodbye (an h2 GOAWAY) before it is dropped.
+const CLOSE_FLUSH: Duration = Duration::from_millis(100);
+
+/// Counts an open connection in the gauge for as long as it lives.
+struct Counted(Arc<crate::metrics::Metrics>);
+
+impl Counted {
+    fn new(m: &Arc<crate::metrics::Metrics>) -> Counted {
+        m.connections.inc();
+        Counted(m.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.connections.dec();
+    }
+}
+
+/// Serves one viewer connection under its watchdog.
+pub(super) async fn connection(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) {
+    let relay = &shared.relay;
+    let _counted = Counted::new(&relay.metrics);
+    let _ = tcp.set_nodelay(true);
+    let local = tcp.local_addr().unwrap_or(relay.config.listen);
+    let (idle_timeout, send_timeout) = (relay.config.idle_timeout, relay.config.send_timeout);
+    let watch = Arc::new(ConnWatch::new());
+    let (id, member) = shared.join(&watch);
+    let svc = {
+        let (relay, watch) = (relay.clone(), watch.clone());
+        service_fn(move |req: Request<Incoming>| {
+            let open = OpenRequest::new(&watch);
+            // The relay serves GET and HEAD and never reads a request body.
+            // Dropping it now, rather than when the response is done, means
+            // none is held while the request waits for its chunk: h2 then
+            // discards the stream's DATA and returns the connection window at
+            // once; h1 stops reading and closes after the response.
+            let (parts, body) = req.into_parts();
+            drop(body);
+            let relay = relay.clone();
+            async move {
+                let resp = handle(relay, Request::from_parts(parts, ()), local).await;
+                Ok::<_, Infallible>(resp.map(|b| open.track(b)))
+            }
+        })
+    };
+    let io = TokioIo::new(StallGuard::new(tcp, send_timeout));
+    let conn = shared.builder.serve_connection(io, svc);
+    tokio::pin!(conn);
+    let first = tokio::time::Instant::now() + idle_timeout.min(send_timeout);
+    let timer = tokio::time::sleep_until(first);
+    tokio::pin!(timer);
+    let (mut draining, mut closing) = (false, false);
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "connection ended with error");
+                }
+                break;
+            }
+            _ = shared.drain.cancelled(), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = shared.stop.cancelled() => break,
+            _ = member.reclaim.cancelled(), if !closing => {
+                tracing::debug!(%peer, "closing idle connection: its place is needed");
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+                timer.as_mut().reset(tokio::time::Instant::now() + CLOSE_FLUSH);
+            }
+            _ = timer.as_mut() => {
+                if closing {
+                    break;
+                }
+                let now = now_ms();
+                match watch.check(now, idle_timeout, send_timeout) {
+                    Verdict::Stalled => {
+                        relay.metrics.connection_closed("no_progress");
+                        tracing::debug!(%peer, ?send_timeout, "closing connection: a response made no progress");
+                        break;
+                    }
+                    Verdict::Idle => {
+                        relay.metrics.connection_closed("idle");
+                        tracing::debug!(%peer, ?idle_timeout, "closing idle connection");
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                        timer.as_mut().reset(tokio::time::Instant::now() + CLOSE_FLUSH);
+                    }
+                    Verdict::RecheckAt(at) => {
+                        let wait = Duration::from_millis(at.saturating_sub(now));
+                        timer.as_mut().reset(tokio::time::Instant::now() + wait);
+                    }
+                }
+            }
+        }
+    }
+    shared.leave(id);
+    drop(permit);
+}

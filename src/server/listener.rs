@@ -1,0 +1,331 @@
+//! The viewer listener: HTTP/1.1 and h2c on one port.
+//!
+//! The accept loop ([`serve`]) enforces `max-connections`: a connection
+//! over the cap first displaces the longest-idle open connection, if there
+//! is one, and is otherwise refused with a bare 503 (`refuse`), never
+//! getting a hyper connection. Accept errors back off ([`AcceptBackoff`]).
+//! Each admitted connection runs in [`conn`](super::conn) with the shared
+//! hyper builder. On `shutdown` the loop drains: see the [module
+//! docs](super).
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::Sleep;
+use tokio_util::sync::CancellationToken;
+
+use super::conn::connection;
+use super::watch::ConnWatch;
+use crate::relay::Relay;
+
+/// Most concurrent HTTP/2 streams per downstream connection.
+const H2_MAX_STREAMS: u32 = 10_000;
+/// The relay's HTTP/2 receive windows, per stream and per connection. The
+/// relay never reads a request body, so it advertises only what a peer may
+/// send before it learns that (the RFC 9113 default is 65,535).
+const H2_RECV_WINDOW: u32 = 64 * 1024;
+/// How long a connection over the cap may take to send its first bytes
+/// before it is answered anyway.
+const REFUSE_WAIT: Duration = Duration::from_millis(250);
+/// How long a refused connection is kept after its 503 so the client reads
+/// it before the socket closes (closing with unread input would send a RST
+/// that can destroy the answer in flight).
+const REFUSE_LINGER: Duration = Duration::from_millis(250);
+/// Most refusals in progress at once; beyond it connections are closed on
+/// the spot, so refusals never hold many descriptors.
+const REFUSE_MAX: usize = 256;
+/// How long a connection over the cap waits for the place of an idle
+/// connection it displaced.
+const RECLAIM_WAIT: Duration = Duration::from_millis(250);
+/// How long an accept loop sleeps after a resource error (EMFILE, ENFILE,
+/// ENOBUFS, ENOMEM), when retrying at once would only spin.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// At most one accept-error log line per this interval per listener.
+const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The whole answer to a connection over `max-connections`.
+const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: text/plain; charset=utf-8\r\n\
+cache-control: no-store\r\n\
+x-cache: MISS\r\n\
+retry-after: 1\r\n\
+connection: close\r\n\
+content-length: 21\r\n\
+\r\n\
+too many connections\n";
+
+/// Backs an accept loop off after errors and rate-limits their log lines.
+pub struct AcceptBackoff {
+    what: &'static str,
+    window: Option<Instant>,
+    failures: u64,
+}
+
+impl AcceptBackoff {
+    /// For the listener named `what` in logs.
+    pub fn new(what: &'static str) -> AcceptBackoff {
+        AcceptBackoff {
+            what,
+            window: None,
+            failures: 0,
+        }
+    }
+
+    /// Called when `accept` failed with `e`: logs at most once per second
+    /// (with the count since the last line) and sleeps [`ACCEPT_BACKOFF`]
+    /// unless the error concerned only the one connection.
+    pub async fn failed(&mut self, e: &io::Error) {
+        self.failures += 1;
+        let now = Instant::now();
+        if self
+            .window
+            .is_none_or(|t| now.duration_since(t) >= ACCEPT_LOG_INTERVAL)
+        {
+            tracing::warn!(
+                listener = self.what,
+                error = %e,
+                failures = self.failures,
+                backoff = ?ACCEPT_BACKOFF,
+                "accept failing"
+            );
+            self.window = Some(now);
+            self.failures = 0;
+        }
+        let per_connection = matches!(
+            e.kind(),
+            io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::Interrupted
+                | io::ErrorKind::WouldBlock
+        );
+        if !per_connection {
+            // EMFILE, ENFILE, ENOBUFS, ENOMEM or unknown: the next accept
+            // would fail the same way at once.
+            tokio::time::sleep(ACCEPT_BACKOFF).await;
+        }
+    }
+}
+
+/// What every viewer connection task shares.
+pub(super) struct Shared {
+    pub(super) relay: Arc<Relay>,
+    pub(super) builder: auto::Builder<TokioExecutor>,
+    /// Fired after `drain-delay`: connections finish what they serve.
+    pub(super) drain: CancellationToken,
+    /// Fired after `shutdown-grace`: connections are dropped.
+    pub(super) stop: CancellationToken,
+    /// Every open connection, so that one over the cap can displace the
+    /// longest-idle of them.
+    members: Mutex<Members>,
+}
+
+#[derive(Default)]
+struct Members {
+    next: u64,
+    all: std::collections::HashMap<u64, Arc<Member>>,
+}
+
+/// An open connection as the accept loop sees it.
+pub(super) struct Member {
+    watch: Arc<ConnWatch>,
+    /// Fired to close it gracefully so a new connection can have its place.
+    pub(super) reclaim: CancellationToken,
+}
+
+impl Shared {
+    pub(super) fn join(&self, watch: &Arc<ConnWatch>) -> (u64, Arc<Member>) {
+        let member = Arc::new(Member {
+            watch: watch.clone(),
+            reclaim: CancellationToken::new(),
+        });
+        let mut m = self.members.lock();
+        m.next += 1;
+        let id = m.next;
+        m.all.insert(id, member.clone());
+        (id, member)
+    }
+
+    pub(super) fn leave(&self, id: u64) {
+        self.members.lock().all.remove(&id);
+    }
+
+    /// Asks the connection that has been idle longest (no unfinished
+    /// request; never one with a parked viewer) to close, as nginx reuses
+    /// idle keep-alive connections when it runs out of connections. Returns
+    /// whether one was asked. A scan is linear in the open connections, and
+    /// happens only when a connection arrives over the cap.
+    fn reclaim_idle(&self) -> bool {
+        let victim = {
+            let m = self.members.lock();
+            m.all
+                .values()
+                .filter(|c| !c.reclaim.is_cancelled() && c.watch.open.load(Ordering::Acquire) == 0)
+                .min_by_key(|c| c.watch.idle_since.load(Ordering::Acquire))
+                .cloned()
+        };
+        victim.map(|c| c.reclaim.cancel()).is_some()
+    }
+}
+
+fn builder(relay: &Relay) -> auto::Builder<TokioExecutor> {
+    let c = &relay.config;
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    let max_header = c.max_header_size.as_u64() as usize;
+    // No h1 `header_read_timeout`: the watchdog's `idle-timeout` covers a
+    // head that never completes, for h1 and h2 alike.
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .max_buf_size(max_header.max(8192) + 1024);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(max_header as u32)
+        .initial_stream_window_size(H2_RECV_WINDOW)
+        .initial_connection_window_size(H2_RECV_WINDOW)
+        .keep_alive_interval(c.h2_keepalive_interval)
+        .keep_alive_timeout(c.h2_keepalive_timeout);
+    b
+}
+
+/// Accepts viewers until `shutdown` fires; then reports draining, keeps
+/// accepting for `drain-delay`, closes the listener and lets in-flight
+/// responses finish within `shutdown-grace`.
+pub async fn serve(relay: Arc<Relay>, listener: TcpListener, shutdown: CancellationToken) {
+    let max = relay.config.max_connections.min(u32::MAX as usize);
+    let shared = Arc::new(Shared {
+        builder: builder(&relay),
+        relay: relay.clone(),
+        drain: CancellationToken::new(),
+        stop: CancellationToken::new(),
+        members: Mutex::new(Members::default()),
+    });
+    let permits = Arc::new(Semaphore::new(max));
+    let refusing = Arc::new(Semaphore::new(REFUSE_MAX));
+    let mut backoff = AcceptBackoff::new("viewer");
+    let mut drain_at: Option<Pin<Box<Sleep>>> = None;
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled(), if drain_at.is_none() => {
+                relay.set_draining();
+                tracing::info!(
+                    drain_delay = ?relay.config.drain_delay,
+                    "draining: health check now fails; still serving until the drain delay is over"
+                );
+                drain_at = Some(Box::pin(tokio::time::sleep(relay.config.drain_delay)));
+                continue;
+            }
+            _ = async { drain_at.as_mut().expect("guarded").await }, if drain_at.is_some() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    backoff.failed(&e).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            if shared.reclaim_idle() {
+                relay.metrics.connection_closed("reclaimed");
+                let (shared, permits, refusing) =
+                    (shared.clone(), permits.clone(), refusing.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(RECLAIM_WAIT, permits.acquire_owned()).await {
+                        Ok(Ok(permit)) => connection(shared, tcp, peer, permit).await,
+                        _ => refuse(&shared.relay, tcp, peer, &refusing),
+                    }
+                });
+            } else {
+                refuse(&relay, tcp, peer, &refusing);
+            }
+            continue;
+        };
+        tokio::spawn(connection(shared.clone(), tcp, peer, permit));
+    }
+    drop(listener);
+    let grace = relay.config.shutdown_grace;
+    tracing::info!(?grace, "listener closed, draining connections");
+    shared.drain.cancel();
+    // Every connection task holds a permit: all of them back means all done.
+    let all = max as u32;
+    if tokio::time::timeout(grace, permits.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over, dropping remaining connections");
+        shared.stop.cancel();
+        // They drop at once on `stop`; the bound only guards against a bug.
+        let _ = tokio::time::timeout(Duration::from_secs(1), permits.acquire_many(all)).await;
+    }
+}
+
+/// Answers a connection over `max-connections` with a bare 503 and closes
+/// it, without a hyper connection: the relay waits at most [`REFUSE_WAIT`]
+/// for the client's first bytes (an HTTP/1.1 client that gets an answer
+/// before it has sent its request takes it for a broken connection), writes
+/// the 503 if the socket takes it at once (an h2c client, recognised by its
+/// preface, is just closed: it could not read an HTTP/1.1 answer), and
+/// lingers at most [`REFUSE_LINGER`] so the client reads the answer before
+/// the socket closes. At most [`REFUSE_MAX`] refusals wait at once; beyond
+/// that a connection is closed on the spot.
+fn refuse(relay: &Relay, tcp: TcpStream, peer: SocketAddr, refusing: &Arc<Semaphore>) {
+    relay.metrics.rejected("connections");
+    relay.metrics.connection_closed("over_limit");
+    relay.metrics.shed_log.note("connections");
+    tracing::debug!(%peer, "refused connection over max-connections");
+    let Ok(permit) = refusing.clone().try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut tcp = tcp;
+        let mut first = [0u8; 4];
+        let read = tokio::time::timeout(REFUSE_WAIT, async {
+            loop {
+                if tcp.readable().await.is_err() {
+                    return 0;
+                }
+                // Readiness can be spurious: only a read tells.
+                match tcp.try_read(&mut first) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Ok(n) => return n,
+                    Err(_) => return 0,
+                }
+            }
+        })
+        .await
+        .unwrap_or(0);
+        let h2c = read == first.len() && &first == b"PRI ";
+        discard_ready(&tcp);
+        if !h2c {
+            let _ = tcp.try_write(REFUSAL);
+        }
+        let _ = tcp.shutdown().await;
+        let _ = tokio::time::timeout(REFUSE_LINGER, async {
+            let mut buf = [0u8; 4096];
+            while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
+        })
+        .await;
+        drop(permit);
+    });
+}
+
+/// Reads and drops whatever input is already buffered, without waiting.
+fn discard_ready(tcp: &TcpStream) {
+    let mut buf = [0u8; 4096];
+    for _ in 0..16 {
+        match tcp.try_read(&mut buf) {
+            Ok(n) if n > 0 => continue,
+            _ => break,
+        }
+    }
+}
