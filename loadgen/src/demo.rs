@@ -9,133 +9,62 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
+use crate::child::{spawn_listening, Listening};
 use crate::live::{self, Group, LiveOpts, LiveReport};
-
-/// A child process and the addresses it printed.
-pub struct Proc {
-    /// Label for messages.
-    pub name: String,
-    /// The process (killed on drop).
-    pub child: Child,
-    /// Its main listening address.
-    pub addr: SocketAddr,
-    /// Its admin address, for relays.
-    pub admin: Option<SocketAddr>,
-}
-
-impl Proc {
-    /// Its pid.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.id()
-    }
-}
 
 /// Starts `current_exe() ARGS` and reads `listening ADDR` (and `admin ADDR`)
 /// from its stdout.
-pub async fn spawn(name: &str, args: &[String]) -> anyhow::Result<Proc> {
+pub async fn spawn(name: &str, args: &[String]) -> anyhow::Result<Listening> {
     let exe = std::env::current_exe().context("locating the loadgen executable")?;
     let mut cmd = Command::new(exe);
-    cmd.args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .stdin(std::process::Stdio::null())
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .kill_on_drop(true);
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().with_context(|| format!("starting {name}"))?;
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut lines = BufReader::new(stdout).lines();
+    cmd.args(args).stderr(std::process::Stdio::inherit()).env(
+        "RUST_LOG",
+        std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+    );
     let wants_admin = args.iter().any(|a| a == "--admin");
-    let read = async {
-        let mut addr = None;
-        let mut admin = None;
-        while let Some(line) = lines.next_line().await? {
-            let mut w = line.split_whitespace();
-            match (
-                w.next(),
-                w.next().and_then(|a| a.parse::<SocketAddr>().ok()),
-            ) {
-                (Some("listening"), Some(a)) => addr = Some(a),
-                (Some("admin"), Some(a)) => admin = Some(a),
-                _ => {}
-            }
-            if addr.is_some() && (admin.is_some() || !wants_admin) {
-                break;
-            }
-        }
-        Ok::<_, std::io::Error>((addr, admin))
-    };
-    let (addr, admin) = tokio::time::timeout(Duration::from_secs(20), read)
-        .await
-        .with_context(|| format!("{name} did not report its address in 20 s"))??;
-    let addr = addr.with_context(|| format!("{name} exited before listening"))?;
-    // Keep draining stdout so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok(Proc {
-        name: name.to_string(),
-        child,
-        addr,
-        admin,
-    })
+    spawn_listening(cmd, name, wants_admin, Duration::from_secs(20)).await
 }
 
-/// Demo settings (all with embedded defaults).
-#[derive(Debug, Clone)]
+/// Demo settings: the flags of `mlcache-loadgen demo`.
+#[derive(Debug, Clone, clap::Args)]
 pub struct DemoOpts {
     /// Relay levels: 1 (origin → A → viewers) or 2 (origin → A → B → viewers).
+    #[arg(long, default_value_t = 2)]
     pub hops: usize,
     /// Viewers on the last relay.
+    #[arg(long, default_value_t = 2000)]
     pub viewers: usize,
     /// Viewers on relay A when there are two levels, to split the added
-    /// delay per hop.
+    /// delay per hop (0 = none).
+    #[arg(long = "hop1-viewers", default_value_t = 100)]
     pub hop1_viewers: usize,
-    /// Control viewers on the origin.
+    /// Control viewers reading straight from the origin.
+    #[arg(long, default_value_t = 20)]
     pub control: usize,
-    /// Measured duration.
+    /// Measured duration (after the ramp).
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
-    /// Ramp-up.
+    /// Ramp-up time.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     pub ramp: Duration,
+    /// progressive or whole chunks.
+    #[arg(long, default_value = "progressive", value_parser = ["progressive", "whole"])]
+    pub publish: String,
     /// Chunk cadence.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
     pub cadence: Duration,
     /// Chunk size in bytes.
+    #[arg(long = "chunk-size", default_value_t = 65536)]
     pub chunk_size: usize,
-    /// `progressive` or `whole`.
-    pub publish: String,
     /// Viewers share HTTP/2 connections.
+    #[arg(long)]
     pub h2: bool,
     /// Source addresses 127.0.0.1..N (0 = as many as needed).
+    #[arg(long, default_value_t = 0)]
     pub sources: usize,
-}
-
-impl Default for DemoOpts {
-    fn default() -> Self {
-        DemoOpts {
-            hops: 2,
-            viewers: 2000,
-            hop1_viewers: 100,
-            control: 20,
-            duration: Duration::from_secs(20),
-            ramp: Duration::from_secs(3),
-            cadence: Duration::from_millis(500),
-            chunk_size: 64 * 1024,
-            publish: "progressive".into(),
-            h2: false,
-            sources: 0,
-        }
-    }
 }
 
 /// Starts origin, relay A and relay B, runs the live load, stops them all.
@@ -182,7 +111,7 @@ pub async fn run(opts: DemoOpts, cancel: CancellationToken) -> anyhow::Result<Li
         2 => Some(spawn("relay B", &relay_args("relay-b", Some(a.addr))).await?),
         _ => None,
     };
-    let admin = |p: &Proc| p.admin.map(|x| x.to_string()).unwrap_or_default();
+    let admin = |p: &Listening| p.admin.map(|x| x.to_string()).unwrap_or_default();
     match &b {
         Some(b) => eprintln!(
             "demo: origin {} → relay A {} (admin {}) → relay B {} (admin {}); {} viewers on B, {} on A, {} control on the origin",

@@ -3,12 +3,14 @@
 //! `live` drives viewers at the live edge and reports the added glass-to-glass
 //! delay against a control group on the origin. `vod` drives a Zipf workload.
 //! `demo` starts origin → relay A → relay B as child processes and runs
-//! `live` through them. `net` opens viewer connections, `sys` reads CPU, RSS
+//! `live` through them; `child` starts such processes and reads the address
+//! they print. `net` opens viewer connections, `sys` reads CPU, RSS
 //! and descriptor limits, and `report` holds histograms and tables.
 //! `attack` runs hostile clients against a relay process and prints the
 //! figures of issue 7 (RSS, CPU, origin requests, a real viewer's record).
 
 pub mod attack;
+pub mod child;
 pub mod demo;
 pub mod live;
 pub mod net;

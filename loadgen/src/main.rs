@@ -12,10 +12,6 @@ use mlcache_loadgen::live::{self, Group, LiveOpts};
 use mlcache_loadgen::vod::{self, VodOpts};
 use tokio_util::sync::CancellationToken;
 
-fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| e.to_string())
-}
-
 /// A relay target: `ADDR` or `ADDR=VIEWERS`.
 #[derive(Debug, Clone)]
 struct RelayArg {
@@ -55,39 +51,8 @@ struct Args {
 enum Cmd {
     /// Run the whole live path (origin → relay A → relay B → viewers) and print the table.
     Demo {
-        /// Relay levels: 1 or 2.
-        #[arg(long, default_value_t = 2)]
-        hops: usize,
-        /// Viewers on the last relay.
-        #[arg(long, default_value_t = 2000)]
-        viewers: usize,
-        /// Viewers on relay A (to split the delay per hop; 0 = none).
-        #[arg(long = "hop1-viewers", default_value_t = 100)]
-        hop1_viewers: usize,
-        /// Control viewers reading straight from the origin.
-        #[arg(long, default_value_t = 20)]
-        control: usize,
-        /// Measured duration (after the ramp).
-        #[arg(long, default_value = "20s", value_parser = duration)]
-        duration: Duration,
-        /// Ramp-up time.
-        #[arg(long, default_value = "3s", value_parser = duration)]
-        ramp: Duration,
-        /// progressive or whole chunks.
-        #[arg(long, default_value = "progressive")]
-        publish: String,
-        /// Chunk cadence.
-        #[arg(long, default_value = "500ms", value_parser = duration)]
-        cadence: Duration,
-        /// Chunk size in bytes.
-        #[arg(long = "chunk-size", default_value_t = 65536)]
-        chunk_size: usize,
-        /// Viewers share HTTP/2 connections.
-        #[arg(long)]
-        h2: bool,
-        /// Source addresses 127.0.0.1..N (0 = as many as needed).
-        #[arg(long, default_value_t = 0)]
-        sources: usize,
+        #[command(flatten)]
+        opts: DemoOpts,
         /// Write the full results (histograms included) here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -113,10 +78,10 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         stream: usize,
         /// Measured duration (after the ramp).
-        #[arg(long, default_value = "20s", value_parser = duration)]
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
         duration: Duration,
         /// Ramp-up time.
-        #[arg(long, default_value = "3s", value_parser = duration)]
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
         ramp: Duration,
         /// Viewers share HTTP/2 connections.
         #[arg(long)]
@@ -136,24 +101,9 @@ enum Cmd {
     },
     /// VOD viewers with Zipf popularity against a relay.
     Vod {
-        /// The relay.
-        #[arg(long)]
-        relay: SocketAddr,
-        /// The origin.
-        #[arg(long)]
-        origin: SocketAddr,
-        #[arg(long, default_value_t = 200)]
-        viewers: usize,
-        #[arg(long, default_value = "10s", value_parser = duration)]
-        duration: Duration,
-        /// Catalog size.
-        #[arg(long, default_value_t = 100)]
-        catalog: u64,
-        /// Zipf exponent.
-        #[arg(long, default_value_t = 1.0)]
-        zipf: f64,
-        #[arg(long)]
-        h2: bool,
+        #[command(flatten)]
+        opts: VodOpts,
+        /// Write the results here.
         #[arg(long)]
         json: Option<PathBuf>,
     },
@@ -200,37 +150,8 @@ async fn main() -> anyhow::Result<()> {
             mlcache::init_tracing();
             mlcache::origin::run(args.into_config().map_err(anyhow::Error::msg)?).await?;
         }
-        Cmd::Demo {
-            hops,
-            viewers,
-            hop1_viewers,
-            control,
-            duration,
-            ramp,
-            publish,
-            cadence,
-            chunk_size,
-            h2,
-            sources,
-            json,
-        } => {
-            anyhow::ensure!(
-                publish == "progressive" || publish == "whole",
-                "--publish must be progressive or whole"
-            );
-            let opts = DemoOpts {
-                hops,
-                viewers,
-                hop1_viewers,
-                control: control.max(1),
-                duration,
-                ramp,
-                cadence,
-                chunk_size,
-                publish,
-                h2,
-                sources,
-            };
+        Cmd::Demo { mut opts, json } => {
+            opts.control = opts.control.max(1);
             let report = demo::run(opts, ctrl_c()).await?;
             print!("{}", report.table());
             write_json(&json, &report)?;
@@ -311,26 +232,8 @@ async fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         }
-        Cmd::Vod {
-            relay,
-            origin,
-            viewers,
-            duration,
-            catalog,
-            zipf,
-            h2,
-            json,
-        } => {
-            let report = vod::run(VodOpts {
-                relay,
-                origin,
-                viewers,
-                duration,
-                catalog,
-                zipf,
-                h2,
-            })
-            .await?;
+        Cmd::Vod { opts, json } => {
+            let report = vod::run(opts).await?;
             print!("{}", report.table());
             write_json(&json, &report)?;
         }

@@ -1,11 +1,12 @@
 //! Connections for simulated viewers: source-address spreading, HTTP/1.1 or
-//! shared HTTP/2 clients, and a loopback throughput probe.
+//! shared HTTP/2 clients (the one place a TCP connection becomes an HTTP
+//! client here), a one-shot GET, and a loopback throughput probe.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -103,6 +104,29 @@ impl Client {
             Client::H2(s) => s.is_closed(),
         }
     }
+}
+
+/// One GET of `uri` with `Host: host` on a new HTTP/1.1 connection to
+/// `dst`; the status and the whole body. The caller bounds it in time.
+pub async fn get(
+    dst: SocketAddr,
+    uri: &str,
+    host: &str,
+) -> Result<(http::StatusCode, Bytes), String> {
+    let mut c = Client::open(dst, None, false).await?;
+    let req = http::Request::get(uri)
+        .header(http::header::HOST, host)
+        .body(Empty::new())
+        .map_err(|e| e.to_string())?;
+    let resp = c.send(req).await.map_err(|e| format!("request: {e}"))?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
+    Ok((status, body))
 }
 
 /// Measures loopback TCP throughput (bytes per second) by streaming `total`

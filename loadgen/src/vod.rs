@@ -14,22 +14,29 @@ use tokio::task::JoinSet;
 use crate::net::{self, Client};
 use crate::report::{self, rate, GroupRecord, Percentiles};
 
-/// What to run.
-#[derive(Debug, Clone)]
+/// What to run: the flags of `mlcache-loadgen vod`.
+#[derive(Debug, Clone, clap::Args)]
 pub struct VodOpts {
     /// The relay.
+    #[arg(long)]
     pub relay: SocketAddr,
     /// The origin the chunks are named on.
+    #[arg(long)]
     pub origin: SocketAddr,
     /// Concurrent viewers.
+    #[arg(long, default_value_t = 200)]
     pub viewers: usize,
     /// Run length.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
     /// Catalog size (`/vod/0` .. `/vod/N-1`).
+    #[arg(long, default_value_t = 100)]
     pub catalog: u64,
     /// Zipf exponent.
+    #[arg(long, default_value_t = 1.0)]
     pub zipf: f64,
     /// Share HTTP/2 connections.
+    #[arg(long)]
     pub h2: bool,
 }
 

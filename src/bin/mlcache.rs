@@ -14,10 +14,6 @@ use clap::{Args, Parser, Subcommand};
 use mlcache::client::{self, Client, ClientConfig, ClientError, Name};
 use tokio::io::AsyncWrite;
 
-fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| e.to_string())
-}
-
 #[derive(Parser)]
 #[command(
     name = "mlcache",
@@ -74,13 +70,13 @@ struct Common {
     #[arg(long)]
     probe: Option<SocketAddr>,
     /// Probe timeout.
-    #[arg(long = "probe-timeout", default_value = "300ms", value_parser = duration)]
+    #[arg(long = "probe-timeout", default_value = "300ms", value_parser = humantime::parse_duration)]
     probe_timeout: Duration,
     /// A relay to use after the probed one (repeatable).
     #[arg(long)]
     relay: Vec<SocketAddr>,
     /// Longest one attempt at one chunk may take.
-    #[arg(long, default_value = "30s", value_parser = duration)]
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     timeout: Duration,
 }
 

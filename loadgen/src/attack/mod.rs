@@ -45,14 +45,6 @@ use rig::{RelayArgs, Rig};
 /// still open counts as "not closed by the relay".
 pub const CLOSE_MARGIN: Duration = Duration::from_secs(10);
 
-fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| e.to_string())
-}
-
-fn size(s: &str) -> Result<u64, String> {
-    s.parse::<ByteSize>().map(|b| b.as_u64())
-}
-
 /// The attacks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -127,8 +119,8 @@ pub struct AttackArgs {
     #[arg(long, default_value_t = 6)]
     pub chunks: u64,
     /// VOD chunk size of the attack origin: window0 32MiB, others 64KiB.
-    #[arg(long = "chunk-size", value_parser = size)]
-    pub chunk_size: Option<u64>,
+    #[arg(long = "chunk-size")]
+    pub chunk_size: Option<ByteSize>,
     /// Share of silent connections that send the HTTP/2 connection preface.
     #[arg(long = "preface-share", default_value_t = 0.25)]
     pub preface_share: f64,
@@ -138,21 +130,21 @@ pub struct AttackArgs {
     #[arg(long = "connects-at-once", default_value_t = 64)]
     pub connects_at_once: usize,
     /// Body size for tiny-pieces.
-    #[arg(long, value_parser = size, default_value = "64MiB")]
-    pub size: u64,
+    #[arg(long, default_value = "64MiB")]
+    pub size: ByteSize,
     /// Viewers of the tiny-pieces body (each phase: misses, then hits).
     #[arg(long, default_value_t = 4)]
     pub viewers: usize,
     /// rapid-reset: wait this long between a batch's HEADERS and its
     /// RST_STREAMs (0: the same write), so the relay admits the streams first.
-    #[arg(long = "reset-after", default_value = "0s", value_parser = duration)]
+    #[arg(long = "reset-after", default_value = "0s", value_parser = humantime::parse_duration)]
     pub reset_after: Duration,
     /// How long the attack's connections are held open (window0, silent):
     /// default the relay's timeout plus a margin.
-    #[arg(long, value_parser = duration)]
+    #[arg(long, value_parser = humantime::parse_duration)]
     pub hold: Option<Duration>,
     /// Hard bound on the whole run.
-    #[arg(long = "time-limit", default_value = "170s", value_parser = duration)]
+    #[arg(long = "time-limit", default_value = "170s", value_parser = humantime::parse_duration)]
     pub time_limit: Duration,
     /// The relay binary (default: mlcache-relay next to this executable).
     #[arg(long = "relay-bin")]
@@ -301,7 +293,10 @@ impl Ctx {
 
     /// A relay setting that is a size, if given.
     pub fn relay_size(&self, flag: &str) -> Option<u64> {
-        self.relay_args.value(flag).and_then(|v| size(v).ok())
+        self.relay_args
+            .value(flag)
+            .and_then(|v| v.parse::<ByteSize>().ok())
+            .map(|b| b.as_u64())
     }
 }
 

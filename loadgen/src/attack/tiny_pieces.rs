@@ -260,7 +260,7 @@ fn summary(got: &[Got], n: usize, size: u64) -> String {
 /// Runs the attack.
 pub async fn attack(ctx: &Ctx, origin: Option<Arc<RawOrigin>>) -> anyhow::Result<Outcome> {
     anyhow::ensure!(origin.is_some(), "tiny-pieces needs its own raw origin");
-    let size = ctx.args.size.max(1);
+    let size = ctx.args.size.as_u64().max(1);
     let n = ctx.args.viewers.max(1);
     ctx.progress(format!("{n} viewers fetching (misses)"));
     let misses = phase(ctx, n).await;

@@ -142,7 +142,7 @@ pub async fn attack(ctx: &Ctx) -> anyhow::Result<Outcome> {
         *closed_how.entry(h.clone()).or_default() += 1;
     }
     let chunk = match (ctx.args.chunk_size, ctx.args.target) {
-        (Some(c), _) => mib(c),
+        (Some(c), _) => mib(c.as_u64()),
         (None, None) => mib(32 << 20),
         (None, Some(_)) => "the origin's chunk size".into(),
     };
