@@ -30,7 +30,11 @@ fn variables_sit_between_flags_and_the_file() {
     for (k, v) in vars {
         std::env::set_var(k, v);
     }
-    let c = Config::load(Cli::parse_from(["mlcache-relay", "--repoll-interval", "10ms"]));
+    let c = Config::load(Cli::parse_from([
+        "mlcache-relay",
+        "--repoll-interval",
+        "10ms",
+    ]));
     let defaults = Config::default();
     for (k, _) in vars {
         std::env::remove_var(k);

@@ -163,9 +163,16 @@ fn flags_override_file_override_defaults() {
     .unwrap();
     assert_eq!(c.upstream, vec!["http://a:1", "http://b:2"]);
     // The negated flag turns prefetch off over a file that turns it on.
-    let on = TempToml::new("prefetch-on", "allow-origin = [\"http://o\"]\nprefetch = true\n");
+    let on = TempToml::new(
+        "prefetch-on",
+        "allow-origin = [\"http://o\"]\nprefetch = true\n",
+    );
     assert!(load(&["--config", on.path()]).unwrap().prefetch);
-    assert!(!load(&["--config", on.path(), "--no-prefetch"]).unwrap().prefetch);
+    assert!(
+        !load(&["--config", on.path(), "--no-prefetch"])
+            .unwrap()
+            .prefetch
+    );
     // No file: flags over defaults.
     let c = load(&["--allow-origin", "http://o", "--memory-limit", "2GiB"]).unwrap();
     assert_eq!(c.memory_limit(), ByteSize::gib(2));
@@ -196,8 +203,7 @@ fn the_example_config_lists_and_checks_every_setting() {
     let is_key = |l: &str| {
         l.split_once(" = ").is_some_and(|(k, _)| {
             !k.is_empty()
-                && k
-                    .chars()
+                && k.chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         })
     };
@@ -226,7 +232,10 @@ fn the_example_config_lists_and_checks_every_setting() {
 
 #[test]
 fn an_unknown_key_is_rejected_by_name() {
-    let file = TempToml::new("unknown", "allow-origin = [\"http://o\"]\ncache-sise = \"1MiB\"\n");
+    let file = TempToml::new(
+        "unknown",
+        "allow-origin = [\"http://o\"]\ncache-sise = \"1MiB\"\n",
+    );
     let err = Config::from_file(&file.0).unwrap_err().to_string();
     assert!(err.contains("cache-sise"), "{err}");
     let err = load(&["--config", file.path()]).unwrap_err().to_string();
@@ -271,7 +280,10 @@ fn help_shows_every_field_doc_and_variable() {
     for (field, doc) in docs {
         assert!(!doc.is_empty(), "{field} has no doc comment");
         let doc = squash(doc.trim_end_matches('.'));
-        assert!(help.contains(&doc), "--help lacks the doc of {field}: {doc}");
+        assert!(
+            help.contains(&doc),
+            "--help lacks the doc of {field}: {doc}"
+        );
     }
     for arg in Cli::command().get_arguments() {
         let Some(long) = arg.get_long() else { continue };
@@ -301,7 +313,10 @@ fn bad_input_is_a_clear_error() {
     assert!(err.to_string().contains("idle-timeout"));
     let c = load(&["--allow-origin", "http://o", "--drain-delay", "0s"]).unwrap();
     assert_eq!(c.drain_delay, Duration::ZERO);
-    let file = TempToml::new("bad-value", "allow-origin = [\"http://o\"]\nmax-wait = \"soon\"\n");
+    let file = TempToml::new(
+        "bad-value",
+        "allow-origin = [\"http://o\"]\nmax-wait = \"soon\"\n",
+    );
     let err = load(&["--config", file.path()]).unwrap_err().to_string();
     assert!(err.contains("max-wait"), "{err}");
 }
