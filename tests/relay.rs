@@ -235,6 +235,7 @@ async fn loops_are_detected() {
     cb.upstream = vec![format!("http://{pa}")];
     let a = relay_on(ca, la).await;
     let _b = relay_on(cb, lb).await;
+    assert_eq!((a.addr, a.relay.config.listen), (pa, pa));
     // a asks b, b asks a, a answers b 508; a parent's 5xx (508 included)
     // makes b try its next source, the origin, so the loop ends after one
     // origin request and the viewer is served.
