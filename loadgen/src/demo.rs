@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::{Child, ChildStdout, Command};
 use tokio_util::sync::CancellationToken;
 
 use crate::live::{self, Group, LiveOpts, LiveReport};
@@ -57,39 +57,46 @@ pub async fn spawn(name: &str, args: &[String]) -> anyhow::Result<Proc> {
     }
     let mut child = cmd.spawn().with_context(|| format!("starting {name}"))?;
     let stdout = child.stdout.take().expect("piped stdout");
-    let mut lines = BufReader::new(stdout).lines();
     let wants_admin = args.iter().any(|a| a == "--admin");
-    let read = async {
-        let mut addr = None;
-        let mut admin = None;
-        while let Some(line) = lines.next_line().await? {
-            let mut w = line.split_whitespace();
-            match (
-                w.next(),
-                w.next().and_then(|a| a.parse::<SocketAddr>().ok()),
-            ) {
-                (Some("listening"), Some(a)) => addr = Some(a),
-                (Some("admin"), Some(a)) => admin = Some(a),
-                _ => {}
-            }
-            if addr.is_some() && (admin.is_some() || !wants_admin) {
-                break;
-            }
-        }
-        Ok::<_, std::io::Error>((addr, admin))
-    };
-    let (addr, admin) = tokio::time::timeout(Duration::from_secs(20), read)
-        .await
-        .with_context(|| format!("{name} did not report its address in 20 s"))??;
+    let (addr, admin) =
+        tokio::time::timeout(Duration::from_secs(20), read_addrs(stdout, wants_admin))
+            .await
+            .with_context(|| format!("{name} did not report its address in 20 s"))??;
     let addr = addr.with_context(|| format!("{name} exited before listening"))?;
-    // Keep draining stdout so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Ok(Proc {
         name: name.to_string(),
         child,
         addr,
         admin,
     })
+}
+
+/// Reads a relay's or origin's stdout until it has printed `listening ADDR`
+/// (and `admin ADDR` if `wants_admin`), then keeps draining it in a task so
+/// the child never blocks on a full pipe. An address is `None` if the output
+/// ended first (the child exited). The caller bounds the wait.
+pub async fn read_addrs(
+    stdout: ChildStdout,
+    wants_admin: bool,
+) -> std::io::Result<(Option<SocketAddr>, Option<SocketAddr>)> {
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut addr, mut admin) = (None, None);
+    while let Some(line) = lines.next_line().await? {
+        let mut w = line.split_whitespace();
+        match (
+            w.next(),
+            w.next().and_then(|a| a.parse::<SocketAddr>().ok()),
+        ) {
+            (Some("listening"), Some(a)) => addr = Some(a),
+            (Some("admin"), Some(a)) => admin = Some(a),
+            _ => {}
+        }
+        if addr.is_some() && (admin.is_some() || !wants_admin) {
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            break;
+        }
+    }
+    Ok((addr, admin))
 }
 
 /// Demo settings (all with embedded defaults).

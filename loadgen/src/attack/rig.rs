@@ -21,7 +21,6 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use mlcache::origin::{self, OriginConfig, OriginHandle, Publish};
 use parking_lot::Mutex;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
@@ -189,29 +188,10 @@ async fn spawn_relay(
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
     let stdout = child.stdout.take().context("relay stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let read = async {
-        let (mut addr, mut admin) = (None, None);
-        while let Some(line) = lines.next_line().await? {
-            let mut w = line.split_whitespace();
-            match (
-                w.next(),
-                w.next().and_then(|a| a.parse::<SocketAddr>().ok()),
-            ) {
-                (Some("listening"), Some(a)) => addr = Some(a),
-                (Some("admin"), Some(a)) => admin = Some(a),
-                _ => {}
-            }
-            if let (Some(a), Some(b)) = (addr, admin) {
-                return Ok(Some((a, b)));
-            }
-        }
-        Ok::<_, std::io::Error>(None)
-    };
-    let got = tokio::time::timeout(RELAY_START_TIMEOUT, read)
+    let got = tokio::time::timeout(RELAY_START_TIMEOUT, crate::demo::read_addrs(stdout, true))
         .await
         .context("the relay did not print its addresses in time")??;
-    let Some((addr, admin)) = got else {
+    let (Some(addr), Some(admin)) = got else {
         let log = std::fs::read_to_string(log).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
         anyhow::bail!(
@@ -219,8 +199,6 @@ async fn spawn_relay(
             lines[lines.len().saturating_sub(10)..].join("\n")
         );
     };
-    // Keep draining stdout so the relay never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Ok((child, addr, admin))
 }
 
