@@ -62,45 +62,63 @@ impl Running {
     }
 }
 
-/// Binds the listeners of `config` and starts serving. Cancelling
-/// [`Running::shutdown`] starts the drain: `/healthz` answers 503 at once,
-/// viewers are still served for `drain-delay`, then the viewer listener
-/// closes, in-flight responses get `shutdown-grace`, and the admin listener
-/// closes last.
+/// Binds the listeners of `config` (`listen`, and `admin` if set) and starts
+/// serving on them: [`start_on`] with listeners of its own.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    let relay = Relay::new(config)?;
-    let bind = |addr: SocketAddr| async move {
-        let l = listen(addr).map_err(|source| StartError::Bind { addr, source })?;
-        let bound = l
-            .local_addr()
-            .map_err(|source| StartError::Bind { addr, source })?;
-        Ok::<_, StartError>((l, bound))
+    let bind = |addr: SocketAddr| listen(addr).map_err(|source| StartError::Bind { addr, source });
+    let viewers = bind(config.listen)?;
+    let admin = config.admin.map(bind).transpose()?;
+    start_on(config, viewers, admin).await
+}
+
+/// Starts serving viewers on `listener`, and `/metrics` and `/healthz` on
+/// `admin` if given; `config.listen` and `config.admin` are replaced by the
+/// listeners' addresses. The caller binds the sockets, so a test or an
+/// embedding program owns its ports (no bind, drop and rebind race).
+/// Cancelling [`Running::shutdown`] starts the drain: `/healthz` answers 503
+/// at once, viewers are still served for `drain-delay`, then the viewer
+/// listener closes, in-flight responses get `shutdown-grace`, and the admin
+/// listener closes last.
+pub async fn start_on(
+    mut config: Config,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+) -> Result<Running, StartError> {
+    let local = |l: &TcpListener, addr: SocketAddr| {
+        l.local_addr()
+            .map_err(|source| StartError::Bind { addr, source })
     };
-    let (viewers, addr) = bind(relay.config.listen).await?;
+    let addr = local(&listener, config.listen)?;
+    config.listen = addr;
+    config.admin = match &admin {
+        Some(l) => Some(local(l, config.admin.unwrap_or(addr))?),
+        None => None,
+    };
+    let relay = Relay::new(config)?;
     let shutdown = CancellationToken::new();
     // The admin listener and the log summaries outlive the viewer drain.
     let admin_stop = CancellationToken::new();
-    let admin = match relay.config.admin {
-        Some(a) => {
-            let (l, bound) = bind(a).await?;
-            tokio::spawn(listener::serve_admin(relay.clone(), l, admin_stop.clone()));
-            Some(bound)
-        }
-        None => None,
-    };
+    let admin_addr = relay.config.admin;
+    if let Some(l) = admin {
+        tokio::spawn(crate::listener::serve_admin(
+            relay.clone(),
+            l,
+            admin_stop.clone(),
+        ));
+    }
     tokio::spawn(flush_logs(relay.clone(), admin_stop.clone()));
-    tracing::info!(%addr, ?admin, id = %relay.id, origins = ?relay.config.allow_origin, upstreams = ?relay.config.upstream, "relay listening");
+    tracing::info!(%addr, admin = ?admin_addr, id = %relay.id, origins = ?relay.config.allow_origin, upstreams = ?relay.config.upstream, "relay listening");
     let task = tokio::spawn({
         let (relay, shutdown) = (relay.clone(), shutdown.clone());
         async move {
-            listener::serve(relay, viewers, shutdown).await;
+            crate::listener::serve(relay, listener, shutdown).await;
             admin_stop.cancel();
         }
     });
     Ok(Running {
         relay,
         addr,
-        admin,
+        admin: admin_addr,
         shutdown,
         task,
     })
@@ -132,8 +150,9 @@ async fn flush_logs(relay: Arc<Relay>, stop: CancellationToken) {
 /// it at `net.core.somaxconn`).
 pub const LISTEN_BACKLOG: u32 = 4096;
 
-/// Binds `addr` with [`LISTEN_BACKLOG`] and `SO_REUSEADDR`.
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// Binds `addr` with [`LISTEN_BACKLOG`] and `SO_REUSEADDR`, as [`start`]
+/// does; for callers of [`start_on`] that want the same listeners.
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,

@@ -14,11 +14,13 @@
 //! cannot be created the test says so and skips, except under CI, where it
 //! fails.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::TestProcess;
 use mlcache::origin::chunk_bytes;
 
 const CHUNK: usize = 16 * 1024;
@@ -167,33 +169,25 @@ impl Drop for Proc {
     }
 }
 
-fn spawn_in(ns: &str, bin: &str, args: &[&str], stderr: Option<&Path>) -> Proc {
-    let err = match stderr {
-        Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
-        None => Stdio::null(),
-    };
+/// A client in a namespace, its stderr written to `stderr`.
+fn spawn_in(ns: &str, bin: &str, args: &[&str], stderr: &Path) -> Proc {
+    let err = Stdio::from(std::fs::File::create(stderr).unwrap());
     Proc(
         Command::new("ip")
             .args(["netns", "exec", ns, bin])
             .args(args)
-            .stdout(Stdio::piped())
+            .stdout(Stdio::null())
             .stderr(err)
             .spawn()
             .expect("spawn in namespace"),
     )
 }
 
-/// Waits for `listening ADDR` on a child's stdout.
-fn wait_listening(p: &mut Proc) {
-    let out = p.0.stdout.take().unwrap();
-    let mut lines = BufReader::new(out).lines();
-    loop {
-        let line = lines.next().expect("process printed its address").unwrap();
-        if line.starts_with("listening ") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
+/// A server in a namespace, once it has printed where it listens.
+fn serve_in(ns: &str, bin: &str, args: &[&str]) -> TestProcess {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns, bin]).args(args);
+    TestProcess::start(cmd, false)
 }
 
 fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
@@ -248,7 +242,7 @@ fn clients_use_their_nearest_relay_and_survive_its_withdrawal() {
     };
     let dir = tempdir();
     let ca = dir.join("ca.pem");
-    let mut origin = spawn_in(
+    let _origin = serve_in(
         &net.ns("o"),
         env!("CARGO_BIN_EXE_mlcache-origin"),
         &[
@@ -267,12 +261,10 @@ fn clients_use_their_nearest_relay_and_survive_its_withdrawal() {
             "--key-rotation",
             "4",
         ],
-        None,
     );
-    wait_listening(&mut origin);
     let mut relays = Vec::new();
     for (r, unicast) in [("r1", "10.1.1.1"), ("r2", "10.1.2.1")] {
-        let mut p = spawn_in(
+        let p = serve_in(
             &net.ns(r),
             env!("CARGO_BIN_EXE_mlcache-relay"),
             &[
@@ -285,9 +277,7 @@ fn clients_use_their_nearest_relay_and_survive_its_withdrawal() {
                 "--id",
                 &format!("relay-{r}"),
             ],
-            None,
         );
-        wait_listening(&mut p);
         relays.push(Some(p));
     }
     let play = |c: &str| {
@@ -312,7 +302,7 @@ fn clients_use_their_nearest_relay_and_survive_its_withdrawal() {
                 "--timeout",
                 "10s",
             ],
-            Some(&err),
+            &err,
         );
         (p, out, err)
     };

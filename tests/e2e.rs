@@ -175,11 +175,8 @@ async fn probe_finds_the_relay_or_falls_back_to_the_origin() {
     );
 
     // Nothing listening at the probe address: straight to the origin.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    cfg.probe = Some(dead);
+    let dead = DeadPort::new();
+    cfg.probe = Some(dead.addr);
     let c = Client::new(cfg.clone()).await.unwrap();
     assert_eq!(c.nearest(), None);
     let mut out = Vec::new();
@@ -215,13 +212,10 @@ async fn relay_finds_its_parent_by_probe() {
     );
     // A relay whose probe finds itself does not loop: it goes to the origin.
     let mut cs = relay_config(&origin.url());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    cs.listen = port;
+    let listener = loopback();
+    let port = listener.local_addr().unwrap();
     cs.upstream = vec![format!("probe:{port}")];
-    let s = relay(cs).await;
+    let s = relay_on(cs, listener).await;
     let got = h1(s.addr, proxy_get(origin.addr, "/vod/8")).await.unwrap();
     assert_eq!(got.status, http::StatusCode::OK);
     assert_eq!(origin.requests("/vod/8"), 1);

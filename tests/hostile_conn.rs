@@ -5,17 +5,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
 use http::{Request, StatusCode};
 use http_body_util::Empty;
-use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -438,75 +434,6 @@ async fn idle_connections_give_their_place_to_new_viewers() {
     assert!(r.relay.metrics.connections.get() <= 3);
 }
 
-/// A relay process whose log lines are collected.
-struct Proc {
-    child: Child,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Proc {
-    /// Runs `sh -c "<prefix> exec mlcache-relay ARGS"` (the prefix may set
-    /// limits) on ephemeral ports.
-    fn spawn(prefix: &str, args: &[&str]) -> Proc {
-        let bin = env!("CARGO_BIN_EXE_mlcache-relay");
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "{prefix} exec \"$0\" --listen 127.0.0.1:0 --admin 127.0.0.1:0 \"$@\""
-            ))
-            .arg(bin)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn mlcache-relay");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().push(line);
-            }
-        });
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut next = || -> SocketAddr {
-            let line = lines.next().expect("relay printed its address").unwrap();
-            line.split_whitespace().nth(1).unwrap().parse().unwrap()
-        };
-        let addr = next();
-        let admin = next();
-        Proc {
-            child,
-            addr,
-            admin,
-            log,
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig}");
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn healthz(admin: SocketAddr) -> Option<StatusCode> {
     let req = Request::get("/healthz")
         .header("host", "admin")
@@ -518,7 +445,7 @@ async fn healthz(admin: SocketAddr) -> Option<StatusCode> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_is_logged_and_ignored() {
     let origin = manual_origin().await;
-    let mut p = Proc::spawn("", &["--allow-origin", &origin.url()]);
+    let mut p = TestProcess::relay_with("", &["--allow-origin", &origin.url()], true);
     for round in 0..2 {
         p.signal("-HUP");
         let log = p.log.clone();
@@ -532,7 +459,7 @@ async fn sighup_is_logged_and_ignored() {
         .await;
         let got = h1(p.addr, proxy_get(origin.addr, "/vod/1")).await.unwrap();
         assert_eq!(got.status, StatusCode::OK);
-        assert_eq!(healthz(p.admin).await, Some(StatusCode::OK));
+        assert_eq!(healthz(p.admin()).await, Some(StatusCode::OK));
         assert!(p.alive(), "relay died of SIGHUP");
     }
 }
@@ -540,7 +467,7 @@ async fn sighup_is_logged_and_ignored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_fails_health_first_then_serves_through_drain_delay_then_exits_zero() {
     let origin = manual_origin().await;
-    let mut p = Proc::spawn(
+    let mut p = TestProcess::relay_with(
         "",
         &[
             "--allow-origin",
@@ -550,15 +477,16 @@ async fn sigterm_fails_health_first_then_serves_through_drain_delay_then_exits_z
             "--shutdown-grace",
             "5s",
         ],
+        true,
     );
-    assert_eq!(healthz(p.admin).await, Some(StatusCode::OK));
+    assert_eq!(healthz(p.admin()).await, Some(StatusCode::OK));
     let sent = Instant::now();
     p.signal("-TERM");
     // The health check flips at once, answered (not refused) by the admin
     // listener.
     let deadline = Instant::now() + LONG;
     loop {
-        match healthz(p.admin).await {
+        match healthz(p.admin()).await {
             Some(StatusCode::SERVICE_UNAVAILABLE) => break,
             Some(StatusCode::OK) => {}
             other => panic!("healthz during drain: {other:?}"),
@@ -611,14 +539,15 @@ fn cpu_seconds(pid: u32) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accept_loops_back_off_when_out_of_descriptors() {
     let origin = manual_origin().await;
-    let mut p = Proc::spawn(
+    let mut p = TestProcess::relay_with(
         "ulimit -n 64 &&",
         &["--allow-origin", &origin.url(), "--idle-timeout", "60s"],
+        true,
     );
     // Use up the relay's descriptors on both listeners.
     let mut held = Vec::new();
     for i in 0..100 {
-        let addr = if i % 2 == 0 { p.admin } else { p.addr };
+        let addr = if i % 2 == 0 { p.admin() } else { p.addr };
         held.push(TcpStream::connect(addr).await.unwrap());
     }
     let log = p.log.clone();
@@ -654,7 +583,7 @@ async fn accept_loops_back_off_when_out_of_descriptors() {
     // Descriptors back: it serves again.
     let deadline = Instant::now() + LONG;
     loop {
-        if let Some(StatusCode::OK) = healthz(p.admin).await {
+        if let Some(StatusCode::OK) = healthz(p.admin()).await {
             break;
         }
         assert!(Instant::now() < deadline, "admin never recovered");

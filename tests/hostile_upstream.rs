@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::until;
+use common::{until, DeadPort};
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -258,9 +258,8 @@ async fn fetch(
 async fn refusing_parent_is_marked_down_and_skipped() {
     let origin = RawOrigin::start(|_, _, _| Some(ok_h1("origin"))).await;
     // A port nobody listens on.
-    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", dead.local_addr().unwrap());
-    drop(dead);
+    let dead = DeadPort::new();
+    let url = format!("http://{}", dead.addr);
     let (up, m) = upstream(&[&url], Duration::from_secs(5));
     let (resp, source) = fetch(&up, &origin, "/a").await.unwrap();
     assert_eq!(source, Source::Origin);

@@ -95,7 +95,7 @@ async fn chained_relays_still_cost_one_origin_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_parent_fails_over_to_origin() {
     let origin = manual_origin().await;
-    let mut parent = RelayProcess::spawn(&["--allow-origin", &origin.url()]);
+    let mut parent = TestProcess::relay(&["--allow-origin", &origin.url()]);
     let mut cfg = relay_config(&origin.url());
     cfg.upstream = vec![format!("http://{}", parent.addr)];
     let child = relay(cfg).await;
@@ -105,7 +105,7 @@ async fn killed_parent_fails_over_to_origin() {
         .unwrap();
     assert_eq!(got.status, StatusCode::OK);
     assert_eq!(
-        metric(parent.admin, "mlcache_requests_total{result=\"miss\"}").await,
+        metric(parent.admin(), "mlcache_requests_total{result=\"miss\"}").await,
         1.0
     );
 
@@ -190,7 +190,7 @@ async fn upstream_killed_midbody_resets_downstream() {
         c.pieces = 4;
     })
     .await;
-    let mut parent = RelayProcess::spawn(&["--allow-origin", &origin.url()]);
+    let mut parent = TestProcess::relay(&["--allow-origin", &origin.url()]);
     let mut cfg = relay_config(&origin.url());
     cfg.upstream = vec![format!("http://{}", parent.addr)];
     let child = relay(cfg).await;
@@ -223,24 +223,19 @@ async fn upstream_killed_midbody_resets_downstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loops_are_detected() {
     let origin = manual_origin().await;
-    // Two relays that name each other as parent.
-    let port = |_: ()| {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    };
-    let (pa, pb) = (port(()), port(()));
+    // Two relays that name each other as parent: both listeners are bound
+    // first, so each address can go into the other's config.
+    let (la, lb) = (loopback(), loopback());
+    let (pa, pb) = (la.local_addr().unwrap(), lb.local_addr().unwrap());
     let mut ca = relay_config(&origin.url());
-    ca.listen = pa;
     ca.id = Some("relay-a".into());
     ca.upstream = vec![format!("http://{pb}")];
     let mut cb = relay_config(&origin.url());
-    cb.listen = pb;
     cb.id = Some("relay-b".into());
     cb.upstream = vec![format!("http://{pa}")];
-    let a = relay(ca).await;
-    let _b = relay(cb).await;
+    let a = relay_on(ca, la).await;
+    let _b = relay_on(cb, lb).await;
+    assert_eq!((a.addr, a.relay.config.listen), (pa, pa));
     // a asks b, b asks a, a answers b 508; a parent's 5xx (508 included)
     // makes b try its next source, the origin, so the loop ends after one
     // origin request and the viewer is served.
@@ -558,12 +553,12 @@ async fn connections_over_the_limit_get_503() {
 async fn sigterm_lets_inflight_bodies_finish_then_exits_zero() {
     let origin = origin_with(held_origin).await;
     let mut relay =
-        RelayProcess::spawn(&["--allow-origin", &origin.url(), "--shutdown-grace", "20s"]);
+        TestProcess::relay(&["--allow-origin", &origin.url(), "--shutdown-grace", "20s"]);
     let viewer = tokio::spawn({
         let (a, o) = (relay.addr, origin.addr);
         async move { h1(a, proxy_get(o, "/live/0/0")).await }
     });
-    let admin = relay.admin;
+    let admin = relay.admin();
     let deadline = Instant::now() + LONG;
     while metric(admin, "mlcache_parked_viewers").await < 1.0 {
         assert!(Instant::now() < deadline, "viewer never parked");

@@ -3,38 +3,23 @@
 //! relays; `mlcache play` decrypts them; ffprobe finds every frame, and the
 //! bytes match the source chunks exactly.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use common::TestProcess;
 
 const FRAMES: u32 = 100; // 4 s at 25 fps
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(bin: &str, args: &[&str]) -> (Proc, SocketAddr) {
-    let mut child = Command::new(bin)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("process printed its address").unwrap();
-        if let Some(a) = line.strip_prefix("listening ") {
-            break a.parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (Proc(child), addr)
+/// Starts a server binary on port 0 and reads the address it prints.
+fn start(bin: &str, args: &[&str]) -> (TestProcess, SocketAddr) {
+    let mut cmd = Command::new(bin);
+    cmd.args(args);
+    let p = TestProcess::start(cmd, false);
+    let addr = p.addr;
+    (p, addr)
 }
 
 fn have(tool: &str) -> bool {

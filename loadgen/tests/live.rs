@@ -19,11 +19,15 @@ async fn small_live_run_is_consistent() {
     })
     .await
     .unwrap();
-    let relay = mlcache::start(mlcache::Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        allow_origin: vec![origin.url()],
-        ..mlcache::Config::default()
-    })
+    let listener = mlcache::listen("127.0.0.1:0".parse().unwrap()).unwrap();
+    let relay = mlcache::start_on(
+        mlcache::Config {
+            allow_origin: vec![origin.url()],
+            ..mlcache::Config::default()
+        },
+        listener,
+        None,
+    )
     .await
     .unwrap();
     let duration = Duration::from_secs(3);

@@ -1,11 +1,16 @@
 //! Shared harness for the end-to-end tests: real origins and relays on
 //! ephemeral loopback ports, and a minimal HTTP client that talks to them over
 //! real sockets (one connection per request, as players do, or one shared
-//! HTTP/2 connection).
+//! HTTP/2 connection). A test owns every port it uses: in-process relays get
+//! listeners the test bound ([`relay`], [`relay_on`]), spawned binaries bind
+//! port 0 and tell their address on stdout ([`TestProcess`]), and a port
+//! nobody answers is held bound, not dropped ([`DeadPort`]).
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,7 +19,8 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mlcache::origin::{OriginConfig, OriginHandle};
 use mlcache::{Config, Running};
-use tokio::net::TcpStream;
+use parking_lot::Mutex;
+use tokio::net::{TcpListener, TcpStream};
 
 /// An origin that publishes only on command.
 pub async fn manual_origin() -> OriginHandle {
@@ -42,9 +48,47 @@ pub fn relay_config(origin: &str) -> Config {
     }
 }
 
-/// Starts an in-process relay.
+/// A listener on an ephemeral loopback port, bound as the relay binds its
+/// own (backlog, `SO_REUSEADDR`).
+pub fn loopback() -> TcpListener {
+    mlcache::listen("127.0.0.1:0".parse().unwrap()).expect("bind 127.0.0.1:0")
+}
+
+/// Starts an in-process relay on listeners of its own (an admin listener if
+/// `cfg.admin` is set); `cfg.listen` is not used.
 pub async fn relay(cfg: Config) -> Running {
-    mlcache::start(cfg).await.expect("relay starts")
+    relay_on(cfg, loopback()).await
+}
+
+/// Starts an in-process relay serving viewers on `listener`, bound by the
+/// test beforehand so its address can go into configs first.
+pub async fn relay_on(cfg: Config, listener: TcpListener) -> Running {
+    let admin = cfg.admin.map(|_| loopback());
+    mlcache::start_on(cfg, listener, admin)
+        .await
+        .expect("relay starts")
+}
+
+/// A loopback port that refuses connections for as long as this lives: the
+/// socket is bound, so no one else can take the port, but not listening, so
+/// the kernel answers a connect with a reset.
+pub struct DeadPort {
+    _socket: tokio::net::TcpSocket,
+    /// The port's address.
+    pub addr: SocketAddr,
+}
+
+impl DeadPort {
+    /// Binds one.
+    pub fn new() -> DeadPort {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
+        DeadPort {
+            _socket: socket,
+            addr,
+        }
+    }
 }
 
 /// Waits, polling a cheap condition, until it holds (or panics after `limit`).
@@ -134,39 +178,102 @@ pub fn path_get(origin: SocketAddr, path: &str) -> Request<Empty<Bytes>> {
         .unwrap()
 }
 
-/// A relay running as a separate `mlcache-relay` process.
-pub struct RelayProcess {
+/// How long a spawned binary may take to print its address.
+pub const STARTUP: Duration = Duration::from_secs(20);
+
+/// A binary started by a test, once it has said where it listens; killed on
+/// drop.
+pub struct TestProcess {
     pub child: Child,
+    /// From its `listening ADDR` line.
     pub addr: SocketAddr,
-    pub admin: SocketAddr,
+    /// From its `admin ADDR` line, when it was given `--admin`.
+    pub admin: Option<SocketAddr>,
+    /// Its stderr lines, when started with the log collected.
+    pub log: Arc<Mutex<Vec<String>>>,
 }
 
-impl RelayProcess {
-    /// Starts the real binary with `args` on ephemeral ports and reads the
-    /// bound addresses it prints.
-    pub fn spawn(args: &[&str]) -> RelayProcess {
-        use std::io::{BufRead, BufReader};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mlcache-relay"))
-            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn mlcache-relay");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut next = || -> SocketAddr {
-            let line = lines.next().expect("relay printed its address").unwrap();
-            line.split_whitespace().nth(1).unwrap().parse().unwrap()
+impl TestProcess {
+    /// `mlcache-relay --listen 127.0.0.1:0 --admin 127.0.0.1:0 ARGS`.
+    pub fn relay(args: &[&str]) -> TestProcess {
+        Self::relay_with("", args, false)
+    }
+
+    /// [`TestProcess::relay`] run as `sh -c "PREFIX exec mlcache-relay ..."`
+    /// when `prefix` is not empty (it may set limits: `ulimit -n 64 &&`), and
+    /// with `RUST_LOG=info` and its stderr collected in `log` if `log`.
+    pub fn relay_with(prefix: &str, args: &[&str], log: bool) -> TestProcess {
+        let bin = env!("CARGO_BIN_EXE_mlcache-relay");
+        let mut cmd = if prefix.is_empty() {
+            Command::new(bin)
+        } else {
+            let mut sh = Command::new("sh");
+            sh.arg("-c")
+                .arg(format!("{prefix} exec \"$0\" \"$@\""))
+                .arg(bin);
+            sh
         };
-        let addr = next();
-        let admin = next();
-        RelayProcess { child, addr, admin }
+        cmd.args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(args);
+        if log {
+            cmd.env("RUST_LOG", "info");
+        }
+        Self::start(cmd, log)
+    }
+
+    /// Starts `cmd` and reads the address(es) it prints (see [`read_addrs`]);
+    /// an `admin ADDR` line is awaited if `cmd` has an `--admin` argument.
+    /// Its stderr is collected in `log` if `log`, else discarded.
+    pub fn start(mut cmd: Command, log: bool) -> TestProcess {
+        let want_admin = cmd.get_args().any(|a| a == "--admin");
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(if log { Stdio::piped() } else { Stdio::null() })
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let sink = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    sink.lock().push(line);
+                }
+            });
+        }
+        let stdout = child.stdout.take().unwrap();
+        let (addr, admin) = read_addrs(stdout, want_admin, STARTUP)
+            .unwrap_or_else(|e| panic!("{cmd:?}: {e}; stderr: {:?}", lines.lock()));
+        TestProcess {
+            child,
+            addr,
+            admin,
+            log: lines,
+        }
+    }
+
+    /// Its admin address (it was started with `--admin`).
+    pub fn admin(&self) -> SocketAddr {
+        self.admin.expect("started with --admin")
+    }
+
+    /// Sends it a signal, `kill`-style (`-TERM`, `-HUP`).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
     }
 
     pub fn sigterm(&self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        self.signal("-TERM");
+    }
+
+    /// Whether it still runs.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
     }
 
     pub fn kill(&mut self) {
@@ -175,10 +282,43 @@ impl RelayProcess {
     }
 }
 
-impl Drop for RelayProcess {
+impl Drop for TestProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Reads a server's stdout on a thread of its own until it has printed
+/// `listening ADDR` (and `admin ADDR` if `want_admin`), as the relay and the
+/// origin do, then keeps draining it so the server never blocks on a full
+/// pipe. Fails if the output ends first or `limit` passes.
+pub fn read_addrs(
+    stdout: impl Read + Send + 'static,
+    want_admin: bool,
+    limit: Duration,
+) -> Result<(SocketAddr, Option<SocketAddr>), String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let mut words = line.split_whitespace();
+            if let (Some(what @ ("listening" | "admin")), Some(Ok(a))) =
+                (words.next(), words.next().map(str::parse::<SocketAddr>))
+            {
+                let _ = tx.send((what == "admin", a));
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + limit;
+    let (mut addr, mut admin) = (None, None);
+    while addr.is_none() || (want_admin && admin.is_none()) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((true, a)) => admin = Some(a),
+            Ok((false, a)) => addr = Some(a),
+            Err(e) => return Err(format!("no address printed: {e}")),
+        }
+    }
+    Ok((addr.unwrap(), admin))
 }
 
 /// Reads one Prometheus sample (`name{labels}` exactly as rendered).
@@ -211,25 +351,25 @@ pub struct Proxy {
     /// Where it listens.
     pub addr: SocketAddr,
     /// Every byte it carried, both directions.
-    pub seen: std::sync::Arc<parking_lot::Mutex<Vec<u8>>>,
+    pub seen: Arc<Mutex<Vec<u8>>>,
     /// Connections it accepted.
-    pub accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub accepted: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A TCP proxy to `target` that records every byte in both directions and
 /// can tamper with what flows back.
 pub async fn proxy(target: SocketAddr, tamper: Tamper) -> Proxy {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     proxy_on(listener, target, tamper)
 }
 
 /// [`proxy`] on a listener bound beforehand (so its address can be known
 /// before `target` exists, e.g. as an origin's `authority`).
-pub fn proxy_on(listener: tokio::net::TcpListener, target: SocketAddr, tamper: Tamper) -> Proxy {
+pub fn proxy_on(listener: TcpListener, target: SocketAddr, tamper: Tamper) -> Proxy {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = listener.local_addr().unwrap();
-    let seen = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
-    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (rec, count) = (seen.clone(), accepted.clone());
     tokio::spawn(async move {
         while let Ok((down, _)) = listener.accept().await {
