@@ -29,10 +29,6 @@ pub mod slot;
 pub mod tls;
 pub mod upstream;
 
-/// The connection layer's former path (now in [`server`]), kept so that
-/// `listener::serve` and `listener::AcceptBackoff` still resolve.
-pub use server as listener;
-
 pub use config::{Cli, Config};
 pub use relay::Relay;
 
@@ -100,7 +96,7 @@ pub async fn start_on(
     let admin_stop = CancellationToken::new();
     let admin_addr = relay.config.admin;
     if let Some(l) = admin {
-        tokio::spawn(crate::listener::serve_admin(
+        tokio::spawn(crate::server::serve_admin(
             relay.clone(),
             l,
             admin_stop.clone(),
@@ -111,7 +107,7 @@ pub async fn start_on(
     let task = tokio::spawn({
         let (relay, shutdown) = (relay.clone(), shutdown.clone());
         async move {
-            crate::listener::serve(relay, listener, shutdown).await;
+            crate::server::serve(relay, listener, shutdown).await;
             admin_stop.cancel();
         }
     });

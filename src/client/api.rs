@@ -10,7 +10,6 @@ use base64::Engine;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
-use tokio::net::TcpStream;
 
 use super::{pool, Client, ClientError, Name};
 use crate::manifest::{KeyDoc, KeyIndex, Manifest};
@@ -37,12 +36,8 @@ impl Client {
         let (addr_s, hostport) = (api.canonical(), api.host_header());
         let hostport = hostport.as_str();
         let api_err = |e: &dyn std::fmt::Display| ClientError::Api(format!("{base}: {e}"));
-        let server_name =
-            rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| api_err(&e))?;
         let work = async {
-            let tcp = TcpStream::connect(&addr_s).await.map_err(|e| api_err(&e))?;
-            let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
-                .connect(server_name, tcp)
+            let tls = crate::tls::connect(&self.tls, host, addr_s.as_str(), pool::CONNECT_TIMEOUT)
                 .await
                 .map_err(|e| api_err(&e))?;
             let mut send = pool::http1(tls).await.map_err(|e| api_err(&e))?;

@@ -7,24 +7,22 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
 use super::{Client, Fail, SourceError};
 
 /// A request sender on one HTTP/1.1 connection.
 pub(super) type Http1Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 
-/// HTTP/1.1 over an open stream: the handshake, and the connection driven by
-/// its own task until the sender is dropped or the peer closes.
+/// How long the client waits for a TCP connection to a source or the API.
+pub(super) const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// HTTP/1.1 over an open stream, through the library's one handshake helper.
 pub(super) async fn http1<T>(io: T) -> Result<Http1Sender, hyper::Error>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
-    tokio::spawn(conn);
-    Ok(send)
+    crate::connect::http1(io, &hyper::client::conn::http1::Builder::new()).await
 }
 
 impl Client {
@@ -34,10 +32,9 @@ impl Client {
         if let Some(s) = idle.filter(|s| !s.is_closed()) {
             return Ok((s, true));
         }
-        let tcp = TcpStream::connect(addr)
+        let tcp = crate::connect::tcp(addr, CONNECT_TIMEOUT)
             .await
             .map_err(|e| SourceError::Connect(e.to_string()))?;
-        let _ = tcp.set_nodelay(true);
         let send = http1(tcp)
             .await
             .map_err(|e| SourceError::Connect(e.to_string()))?;

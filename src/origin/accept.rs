@@ -31,7 +31,7 @@ const TLS_HANDSHAKE: u8 = 0x16;
 pub(super) fn spawn(listener: TcpListener, state: Arc<State>, stop: CancellationToken) {
     tokio::spawn(async move {
         let builder = auto::Builder::new(TokioExecutor::new());
-        let mut backoff = crate::listener::AcceptBackoff::new("origin");
+        let mut backoff = crate::server::AcceptBackoff::new("origin");
         loop {
             let tcp = tokio::select! {
                 _ = stop.cancelled() => break,
