@@ -162,7 +162,9 @@ grep -E '^  (OK|FAIL) ' "$WORK/attacks.txt" | sort | uniq -c || true
 
 echo
 echo "=== relay RSS (sampled every ${RSS_EVERY}s; 'first' is the first sample after the ramp and warm-up)"
-WARM=$((RAMP + (SOAK_SECONDS > 120 ? 60 : SOAK_SECONDS / 4)))
+# Warm-up: the live chunks' cache lifetime (max-age 60 s) and one round of
+# each attack kind, so the stores are at their steady size before "first".
+WARM=$((RAMP + (SOAK_SECONDS > 300 ? 120 : SOAK_SECONDS / 4)))
 VERDICT=0
 for col in 2 3; do
     name=$([[ $col == 2 ]] && echo "relay A" || echo "relay B")
