@@ -78,10 +78,7 @@ pub fn pick(cdf: &[f64], u: f64) -> u64 {
 }
 
 fn uniform(state: &mut u64) -> f64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    (*state >> 11) as f64 / (1u64 << 53) as f64
+    (mlcache::origin::xorshift64(state) >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Runs the VOD load.
