@@ -522,3 +522,35 @@ async fn a_viewers_via_does_not_decide_the_shared_fetch() {
     );
     let _ = first.await;
 }
+
+/// A 304 or 204 carrying `Content-Length` has no body: the relay passes it
+/// on without a length, so neither HTTP/1.1 nor h2 viewers see a broken body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodiless_statuses_with_a_length_are_not_a_failed_body() {
+    let origin = scripted(|path, _| match path {
+        "/304" => Reply::Raw(b"HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n".to_vec()),
+        _ => Reply::Raw(b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n".to_vec()),
+    })
+    .await;
+    let r = relay(relay_config(&format!("http://{}", origin.addr))).await;
+    for (path, status) in [
+        ("/304", StatusCode::NOT_MODIFIED),
+        ("/204", StatusCode::NO_CONTENT),
+    ] {
+        for via_h2 in [false, true] {
+            let req = path_get(origin.addr, path);
+            let got = if via_h2 {
+                h2(r.addr, req).await
+            } else {
+                h1(r.addr, req).await
+            }
+            .unwrap();
+            assert_eq!(got.status, status);
+            assert_eq!(
+                got.body.as_deref().ok(),
+                Some(&b""[..]),
+                "{path} h2={via_h2}"
+            );
+        }
+    }
+}

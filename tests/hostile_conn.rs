@@ -631,3 +631,34 @@ async fn h2_peer_that_never_answers_ping_is_reaped() {
     .await;
     until(LONG, "parked request dropped", || r.relay.parked() == 0).await;
 }
+
+/// One h2 connection may carry at most `--max-streams-per-connection`
+/// streams: the relay says so in its SETTINGS, so a few connections cannot
+/// park `--max-parked` viewers (it was 10,000 per connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_streams_per_connection_are_capped() {
+    let origin = manual_origin().await;
+    let mut cfg = relay_config(&origin.url());
+    cfg.max_streams_per_connection = 7;
+    let r = relay(cfg).await;
+    let mut tcp = TcpStream::connect(r.addr).await.unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    // The server's first frame is its SETTINGS: 9-byte header, then 6-byte
+    // (id, value) pairs.
+    let mut head = [0u8; 9];
+    tokio::time::timeout(LONG, tcp.read_exact(&mut head))
+        .await
+        .expect("server SETTINGS in time")
+        .unwrap();
+    assert_eq!(head[3], 0x4, "first frame is SETTINGS");
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    tcp.read_exact(&mut payload).await.unwrap();
+    let max_streams = payload
+        .chunks(6)
+        .find(|s| u16::from_be_bytes([s[0], s[1]]) == 0x3)
+        .map(|s| u32::from_be_bytes([s[2], s[3], s[4], s[5]]));
+    assert_eq!(max_streams, Some(7));
+}

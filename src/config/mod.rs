@@ -93,6 +93,11 @@ pub struct Config {
     /// the longest-idle connection.
     #[arg(long, env = "MLCACHE_MAX_CONNECTIONS", default_value = "19000", help_heading = LIMITS)]
     pub max_connections: usize,
+    /// Most concurrent HTTP/2 streams on one downstream connection (a child
+    /// relay's fetches to this one share a connection: keep it above their
+    /// in-flight fetches per origin).
+    #[arg(long, env = "MLCACHE_MAX_STREAMS_PER_CONNECTION", default_value = "1024", help_heading = LIMITS)]
+    pub max_streams_per_connection: u32,
     /// Most viewers parked on one slot.
     #[arg(long, env = "MLCACHE_MAX_VIEWERS_PER_SLOT", default_value = "50000", help_heading = LIMITS)]
     pub max_viewers_per_slot: usize,
@@ -315,7 +320,11 @@ impl Config {
                 "no --allow-origin given: a relay fetches only from origins it is told to allow",
             );
         }
-        if self.max_connections == 0 || self.max_viewers_per_slot == 0 || self.max_parked == 0 {
+        if self.max_connections == 0
+            || self.max_viewers_per_slot == 0
+            || self.max_parked == 0
+            || self.max_streams_per_connection == 0
+        {
             return bad("connection and viewer limits must be at least 1");
         }
         if self.max_header_size.as_u64() < 1024 {

@@ -111,6 +111,11 @@ impl Relay {
         strip_hop_by_hop(&mut headers);
         // A shared cache must not hand one client's session to others.
         headers.remove(http::header::SET_COOKIE);
+        // 204 and 304 never have a body (RFC 9110 §6.4.1); a Content-Length
+        // on them describes something else and must not frame our answer.
+        if matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED) {
+            headers.remove(http::header::CONTENT_LENGTH);
+        }
         let len = headers
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())

@@ -28,8 +28,6 @@ use super::conn::connection;
 use super::watch::ConnWatch;
 use crate::relay::Relay;
 
-/// Most concurrent HTTP/2 streams per downstream connection.
-const H2_MAX_STREAMS: u32 = 10_000;
 /// The relay's HTTP/2 receive windows, per stream and per connection. The
 /// relay never reads a request body, so it advertises only what a peer may
 /// send before it learns that (the RFC 9113 default is 65,535).
@@ -189,7 +187,7 @@ fn builder(relay: &Relay) -> auto::Builder<TokioExecutor> {
         .max_buf_size(max_header.max(8192) + 1024);
     b.http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_concurrent_streams(c.max_streams_per_connection)
         .max_header_list_size(max_header as u32)
         .initial_stream_window_size(H2_RECV_WINDOW)
         .initial_connection_window_size(H2_RECV_WINDOW)
