@@ -165,11 +165,15 @@ impl Shared {
     fn reclaim_idle(&self) -> bool {
         let victim = {
             let m = self.members.lock();
+            // Idle since the same millisecond: the older connection (lower
+            // id) goes first.
             m.all
-                .values()
-                .filter(|c| !c.reclaim.is_cancelled() && c.watch.open.load(Ordering::Acquire) == 0)
-                .min_by_key(|c| c.watch.idle_since.load(Ordering::Acquire))
-                .cloned()
+                .iter()
+                .filter(|(_, c)| {
+                    !c.reclaim.is_cancelled() && c.watch.open.load(Ordering::Acquire) == 0
+                })
+                .min_by_key(|(id, c)| (c.watch.idle_since.load(Ordering::Acquire), **id))
+                .map(|(_, c)| c.clone())
         };
         victim.map(|c| c.reclaim.cancel()).is_some()
     }
