@@ -86,13 +86,25 @@ async fn preflight_is_answered_by_the_relay_with_cors_and_refused_without() {
         "GET, HEAD, OPTIONS"
     );
     assert_eq!(header(&got, "access-control-allow-headers"), "range");
-    assert!(header(&got, "access-control-max-age").parse::<u32>().unwrap() > 0);
-    assert_eq!(origin.requests_total(), 0, "a preflight never goes upstream");
+    assert!(
+        header(&got, "access-control-max-age")
+            .parse::<u32>()
+            .unwrap()
+            > 0
+    );
+    assert_eq!(
+        origin.requests_total(),
+        0,
+        "a preflight never goes upstream"
+    );
 
     let listed = TestProcess::relay(&["--allow-origin", &url, "--cors", "https://player.example"]);
-    let got = h1(listed.addr, preflight(origin.addr, "https://player.example"))
-        .await
-        .unwrap();
+    let got = h1(
+        listed.addr,
+        preflight(origin.addr, "https://player.example"),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         header(&got, "access-control-allow-origin"),
         "https://player.example"
@@ -180,15 +192,22 @@ async fn relay_errors_carry_cors_headers_too() {
     let dead = DeadPort::new();
     let url = format!("http://{}", dead.addr);
     let relay = TestProcess::relay(&["--allow-origin", &url, "--cors", "*"]);
-    let got = h1(relay.addr, get(dead.addr, "/live/0/0", Some("https://p.example")))
-        .await
-        .unwrap();
+    let got = h1(
+        relay.addr,
+        get(dead.addr, "/live/0/0", Some("https://p.example")),
+    )
+    .await
+    .unwrap();
     assert_eq!(got.status, StatusCode::BAD_GATEWAY);
     assert_eq!(header(&got, "access-control-allow-origin"), "*");
     // Not on the allow-list: 403, readable by the player too.
     let got = h1(
         relay.addr,
-        get("127.0.0.1:9".parse().unwrap(), "/x", Some("https://p.example")),
+        get(
+            "127.0.0.1:9".parse().unwrap(),
+            "/x",
+            Some("https://p.example"),
+        ),
     )
     .await
     .unwrap();

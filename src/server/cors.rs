@@ -150,7 +150,10 @@ impl Cors {
             .cloned()
             .unwrap_or(HeaderValue::from_static(DEFAULT_ALLOW_HEADERS));
         h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked);
-        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(MAX_AGE_SECS));
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from(MAX_AGE_SECS),
+        );
         resp
     }
 }
@@ -227,7 +230,10 @@ mod tests {
         req.insert(header::ACCESS_CONTROL_REQUEST_HEADERS, hv("range, x-a"));
         let r = c.preflight(&req);
         assert_eq!(r.status(), 204);
-        assert_eq!(r.headers()[header::ACCESS_CONTROL_ALLOW_HEADERS], "range, x-a");
+        assert_eq!(
+            r.headers()[header::ACCESS_CONTROL_ALLOW_HEADERS],
+            "range, x-a"
+        );
         req.insert(
             header::ACCESS_CONTROL_REQUEST_HEADERS,
             hv(&"x,".repeat(MAX_REQUEST_HEADERS_LEN)),

@@ -77,9 +77,9 @@ use crate::protocol::{CacheStatus, X_CACHE};
 use crate::slot::SlotError;
 
 pub use admin::serve_admin;
+pub use cors::{Cors, CorsError, EXPOSE_HEADERS};
 pub use error::RequestError;
 pub use handler::handle;
-pub use cors::{Cors, CorsError, EXPOSE_HEADERS};
 pub use listener::{serve, serve_with_tls, AcceptBackoff, ACCEPT_BACKOFF};
 pub use range::{parse_range, RangeSpec};
 pub use stall::StallGuard;

@@ -23,10 +23,10 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use super::error::classify;
-use crate::tls::TlsConnectError;
 use super::head::{check_head_size, normalize_framing};
 use super::{Failure, Upstream, UpstreamError, PARENT_DOWN_BACKOFF};
 use crate::key::ChunkKey;
+use crate::tls::TlsConnectError;
 
 /// One parent relay and its shared HTTP/2 connection.
 pub(super) struct Parent {

@@ -573,7 +573,10 @@ impl TestProcess {
                 Ok((what, a)) => {
                     seen.insert(what, a);
                 }
-                Err(e) => panic!("{cmd:?}: no addresses printed: {e}; stderr: {:?}", log.lock()),
+                Err(e) => panic!(
+                    "{cmd:?}: no addresses printed: {e}; stderr: {:?}",
+                    log.lock()
+                ),
             }
         }
         let tls = seen["tls"];
