@@ -72,7 +72,8 @@ pub struct Config {
     /// Required: a relay is never an open proxy.
     #[arg(long, env = "MLCACHE_ALLOW_ORIGIN", value_name = "URL", value_delimiter = ',', help_heading = NET)]
     pub allow_origin: Vec<String>,
-    /// A parent relay, tried in order: http://HOST:PORT, or probe:IP:PORT for
+    /// A parent relay, tried in order: http://HOST:PORT, https://HOST:PORT
+    /// (h2 over TLS, see --upstream-ca), or probe:IP:PORT for
     /// whichever relay answers the anycast probe (repeatable).
     #[arg(long, env = "MLCACHE_UPSTREAM", value_name = "URL", value_delimiter = ',', help_heading = NET)]
     pub upstream: Vec<String>,
