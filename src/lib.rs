@@ -350,7 +350,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                 tracing::info!("SIGHUP: reloading the TLS certificate");
                 let _ = running.reload_tls();
             } else {
-                tracing::info!("SIGHUP: nothing to reload (no --listen-tls), ignored");
+                // Same words as `until_stop`: the configuration is not
+                // reloaded (issue 11), and without TLS there is nothing else.
+                tracing::info!("SIGHUP: reload not supported yet, ignored (no --listen-tls, so no certificate to reload)");
             }
         })
         .await;
