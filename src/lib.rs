@@ -44,6 +44,10 @@ pub struct Running {
     pub relay: Arc<Relay>,
     /// Where viewers connect.
     pub addr: SocketAddr,
+    /// Where viewers connect over TLS, if `listen-tls` is set.
+    pub tls_addr: Option<SocketAddr>,
+    /// The TLS listener's certificate, reloaded by [`Running::reload_tls`].
+    pub tls: Option<Arc<server::TlsCerts>>,
     /// Where `/metrics` and `/healthz` are served, if enabled.
     pub admin: Option<SocketAddr>,
     /// Cancel to start a graceful shutdown.
@@ -56,15 +60,37 @@ impl Running {
     pub async fn join(self) {
         let _ = self.task.await;
     }
+
+    /// Reads the TLS certificate and key files again (SIGHUP) and presents
+    /// them to new connections; open ones keep theirs. A pair that cannot be
+    /// read or used is refused with a log line and the old one stays. Nothing
+    /// else of the configuration is reloaded.
+    pub fn reload_tls(&self) -> Result<(), server::CertError> {
+        let Some(certs) = &self.tls else {
+            return Ok(());
+        };
+        match certs.reload() {
+            Ok(()) => {
+                tracing::info!(cert = ?self.relay.config.tls_cert, "TLS certificate reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "TLS certificate reload refused: still serving the old certificate");
+                Err(e)
+            }
+        }
+    }
 }
 
-/// Binds the listeners of `config` (`listen`, and `admin` if set) and starts
-/// serving on them: [`start_on`] with listeners of its own.
+/// Binds the listeners of `config` (`listen`, and `listen-tls` and `admin`
+/// if set) and starts serving on them: [`start_on_tls`] with listeners of
+/// its own.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let bind = |addr: SocketAddr| listen(addr).map_err(|source| StartError::Bind { addr, source });
     let viewers = bind(config.listen)?;
+    let tls = config.listen_tls.map(bind).transpose()?;
     let admin = config.admin.map(bind).transpose()?;
-    start_on(config, viewers, admin).await
+    start_on_tls(config, viewers, tls, admin).await
 }
 
 /// Starts serving viewers on `listener`, and `/metrics` and `/healthz` on
@@ -75,9 +101,29 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 /// at once, viewers are still served for `drain-delay`, then the viewer
 /// listener closes, in-flight responses get `shutdown-grace`, and the admin
 /// listener closes last.
+///
+/// If `config.listen-tls` is set, its listener is bound here (use
+/// [`start_on_tls`] to bind it yourself).
 pub async fn start_on(
+    config: Config,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+) -> Result<Running, StartError> {
+    let tls = config
+        .listen_tls
+        .map(|addr| listen(addr).map_err(|source| StartError::Bind { addr, source }))
+        .transpose()?;
+    start_on_tls(config, listener, tls, admin).await
+}
+
+/// [`start_on`] with the TLS viewer listener bound by the caller too
+/// (`tls`, used only if `config.listen-tls` is set; `config.listen-tls` is
+/// replaced by its address). TLS connections share the clear listener's
+/// accept loop, connection cap, timeouts and drain.
+pub async fn start_on_tls(
     mut config: Config,
     listener: TcpListener,
+    tls: Option<TcpListener>,
     admin: Option<TcpListener>,
 ) -> Result<Running, StartError> {
     let local = |l: &TcpListener, addr: SocketAddr| {
@@ -89,6 +135,25 @@ pub async fn start_on(
     config.admin = match &admin {
         Some(l) => Some(local(l, config.admin.unwrap_or(addr))?),
         None => None,
+    };
+    let tls = match (tls, config.listen_tls) {
+        (Some(l), Some(want)) => {
+            let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+                return Err(StartError::Tls(server::CertError::NoCert(
+                    "(no --tls-cert or --tls-key)".into(),
+                )));
+            };
+            let certs = Arc::new(server::TlsCerts::load(cert, key)?);
+            let acceptor = tokio_rustls::TlsAcceptor::from(certs.server_config()?);
+            config.listen_tls = Some(local(&l, want)?);
+            Some((l, acceptor, certs))
+        }
+        _ => None,
+    };
+    let tls_addr = config.listen_tls.filter(|_| tls.is_some());
+    let (tls, certs) = match tls {
+        Some((l, a, c)) => (Some((l, a)), Some(c)),
+        None => (None, None),
     };
     let relay = Relay::new(config)?;
     let shutdown = CancellationToken::new();
@@ -103,17 +168,19 @@ pub async fn start_on(
         ));
     }
     tokio::spawn(flush_logs(relay.clone(), admin_stop.clone()));
-    tracing::info!(%addr, admin = ?admin_addr, id = %relay.id, origins = ?relay.config.allow_origin, upstreams = ?relay.config.upstream, "relay listening");
+    tracing::info!(%addr, tls = ?tls_addr, admin = ?admin_addr, id = %relay.id, origins = ?relay.config.allow_origin, upstreams = ?relay.config.upstream, "relay listening");
     let task = tokio::spawn({
         let (relay, shutdown) = (relay.clone(), shutdown.clone());
         async move {
-            crate::server::serve(relay, listener, shutdown).await;
+            crate::server::serve_with_tls(relay, listener, tls, shutdown).await;
             admin_stop.cancel();
         }
     });
     Ok(Running {
         relay,
         addr,
+        tls_addr,
+        tls: certs,
         admin: admin_addr,
         shutdown,
         task,
@@ -231,6 +298,12 @@ impl Signals {
 
     /// Waits for SIGTERM or SIGINT. SIGHUP is logged and ignored.
     pub async fn until_stop(&mut self) {
+        self.until_stop_or(|| tracing::info!("SIGHUP: reload not supported yet, ignored"))
+            .await
+    }
+
+    /// Waits for SIGTERM or SIGINT, calling `on_hup` on every SIGHUP.
+    pub async fn until_stop_or(&mut self, mut on_hup: impl FnMut()) {
         loop {
             tokio::select! {
                 _ = self.term.recv() => {
@@ -241,9 +314,7 @@ impl Signals {
                     tracing::info!("interrupt: shutting down");
                     return;
                 }
-                _ = self.hup.recv() => {
-                    tracing::info!("SIGHUP: reload not supported yet, ignored");
-                }
+                _ = self.hup.recv() => on_hup(),
             }
         }
     }
@@ -265,10 +336,26 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let mut signals = Signals::install().map_err(StartError::Signal)?;
     let running = start(config).await?;
     println!("listening {}", running.addr);
+    if let Some(a) = running.tls_addr {
+        println!("tls {a}");
+    }
     if let Some(a) = running.admin {
         println!("admin {a}");
     }
-    signals.until_stop().await;
+    // SIGHUP reloads the TLS certificate only; the rest of the
+    // configuration stays as started.
+    signals
+        .until_stop_or(|| {
+            if running.tls.is_some() {
+                tracing::info!("SIGHUP: reloading the TLS certificate");
+                let _ = running.reload_tls();
+            } else {
+                // Same words as `until_stop`: the configuration is not
+                // reloaded (issue 11), and without TLS there is nothing else.
+                tracing::info!("SIGHUP: reload not supported yet, ignored (no --listen-tls, so no certificate to reload)");
+            }
+        })
+        .await;
     running.shutdown.cancel();
     tokio::select! {
         _ = running.join() => tracing::info!("stopped"),
@@ -294,4 +381,7 @@ pub enum StartError {
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signal(std::io::Error),
+    /// The TLS certificate or key could not be loaded.
+    #[error("TLS listener: {0}")]
+    Tls(#[from] server::CertError),
 }

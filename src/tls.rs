@@ -5,9 +5,11 @@
 //! certificate where a client can be told to trust it (`--ca`). Clients trust
 //! that CA, or the webpki roots when none is given.
 //!
-//! Clients (the relay's `https://` origins, the viewer's key API) open a
+//! Clients (the relay's `https://` origins and parents, the viewer's key
+//! API) open a
 //! connection with [`connect`]: TCP through [`crate::connect::tcp`], then the
-//! rustls handshake, checked against the server name.
+//! rustls handshake, checked against the server name. The relay's own TLS
+//! listener is `crate::server`'s (`TlsCerts`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -120,8 +122,17 @@ impl TestPki {
 }
 
 /// A client configuration that trusts the CA in `ca_pem`, or the webpki
-/// roots when `None`.
+/// roots when `None`, offering ALPN `http/1.1`.
 pub fn client_config(ca_pem: Option<&[u8]>) -> Result<Arc<ClientConfig>, TlsError> {
+    client_config_alpn(ca_pem, &[b"http/1.1"])
+}
+
+/// [`client_config`] offering the ALPN protocols `alpn` (`h2` for a parent
+/// relay).
+pub fn client_config_alpn(
+    ca_pem: Option<&[u8]>,
+    alpn: &[&[u8]],
+) -> Result<Arc<ClientConfig>, TlsError> {
     let mut roots = RootCertStore::empty();
     match ca_pem {
         Some(pem) => {
@@ -139,6 +150,6 @@ pub fn client_config(ca_pem: Option<&[u8]>) -> Result<Arc<ClientConfig>, TlsErro
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(c))
 }

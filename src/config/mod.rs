@@ -72,7 +72,8 @@ pub struct Config {
     /// Required: a relay is never an open proxy.
     #[arg(long, env = "MLCACHE_ALLOW_ORIGIN", value_name = "URL", value_delimiter = ',', help_heading = NET)]
     pub allow_origin: Vec<String>,
-    /// A parent relay, tried in order: http://HOST:PORT, or probe:IP:PORT for
+    /// A parent relay, tried in order: http://HOST:PORT, https://HOST:PORT
+    /// (h2 over TLS, see --upstream-ca), or probe:IP:PORT for
     /// whichever relay answers the anycast probe (repeatable).
     #[arg(long, env = "MLCACHE_UPSTREAM", value_name = "URL", value_delimiter = ',', help_heading = NET)]
     pub upstream: Vec<String>,
@@ -155,6 +156,30 @@ pub struct Config {
     /// CA certificate (PEM) to trust for https origins (default: webpki roots).
     #[arg(long, env = "MLCACHE_ORIGIN_CA", value_name = "FILE", help_heading = NET)]
     pub origin_ca: Option<PathBuf>,
+    /// Address to serve viewers and child relays on over TLS (HTTP/1.1 and h2
+    /// by ALPN on one port; default: off). Needs --tls-cert and --tls-key.
+    #[arg(long, env = "MLCACHE_LISTEN_TLS", value_name = "ADDR", help_heading = NET)]
+    pub listen_tls: Option<SocketAddr>,
+    /// Certificate chain (PEM) the TLS listener presents; reloaded on SIGHUP.
+    #[arg(long, env = "MLCACHE_TLS_CERT", value_name = "FILE", help_heading = NET)]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert; reloaded with it on SIGHUP.
+    #[arg(long, env = "MLCACHE_TLS_KEY", value_name = "FILE", help_heading = NET)]
+    pub tls_key: Option<PathBuf>,
+    /// Longest a TLS client may take to finish its handshake before the
+    /// connection is closed.
+    #[arg(long, env = "MLCACHE_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, help_heading = TIMEOUTS)]
+    #[serde(with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
+    /// CA certificate (PEM) to trust for https:// parent relays (default:
+    /// webpki roots).
+    #[arg(long, env = "MLCACHE_UPSTREAM_CA", value_name = "FILE", help_heading = NET)]
+    pub upstream_ca: Option<PathBuf>,
+    /// Page origin allowed to read responses by CORS, or * for any
+    /// (repeatable; default: off, and OPTIONS gets 405). The relay answers
+    /// preflights and adds Access-Control-* headers the origin did not set.
+    #[arg(long, env = "MLCACHE_CORS", value_name = "ORIGIN", value_delimiter = ',', help_heading = NET)]
+    pub cors: Vec<String>,
     /// Bound on every chunk byte the relay holds: cache, in-flight slots,
     /// bodies still streaming after eviction (default: twice --cache-size, at
     /// least --cache-size + 256MiB).
@@ -356,6 +381,15 @@ impl Config {
             return bad(
                 "send-timeout, idle-timeout, h2-keepalive-* and log-interval must be more than 0",
             );
+        }
+        if self.listen_tls.is_some() && (self.tls_cert.is_none() || self.tls_key.is_none()) {
+            return bad("listen-tls needs tls-cert and tls-key");
+        }
+        if self.tls_handshake_timeout.is_zero() {
+            return bad("tls-handshake-timeout must be more than 0");
+        }
+        if let Err(e) = crate::server::Cors::parse(&self.cors) {
+            return Err(ConfigError::Invalid(e.to_string()));
         }
         if let Some(id) = &self.id {
             if id.is_empty()

@@ -135,6 +135,17 @@ impl Relay {
                 negative_ttl: cfg.negative_ttl,
             },
         );
+        // The age the response had on arrival (its Age, or more if its Date
+        // says so): the relay's Age on every response served from this
+        // fill counts on from it (the LL-HLS spec asks a CDN to set Age).
+        let upstream_age = resp
+            .headers()
+            .get(http::header::AGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let arrived_age = upstream_age.max(policy.initial_age.as_secs());
+        headers.insert(http::header::AGE, HeaderValue::from(arrived_age));
         let next = cfg
             .prefetch
             .then(|| next_link(&headers, key))

@@ -55,6 +55,12 @@ pub enum SetupError {
     /// `--origin-ca` could not be read.
     #[error("cannot read --origin-ca {0}: {1}")]
     OriginCa(std::path::PathBuf, std::io::Error),
+    /// `--upstream-ca` could not be read.
+    #[error("cannot read --upstream-ca {0}: {1}")]
+    UpstreamCa(std::path::PathBuf, std::io::Error),
+    /// Bad `--cors`.
+    #[error(transparent)]
+    Cors(#[from] crate::server::CorsError),
 }
 
 /// The head of a "not yet" answer, as the relay sends it downstream.
@@ -97,6 +103,8 @@ pub struct Relay {
     pub id: String,
     /// `1.1 <id>`, this relay's Via entry.
     pub via_entry: HeaderValue,
+    /// Which page origins may read responses (`--cors`).
+    pub cors: crate::server::Cors,
     upstream: Upstream,
     draining: AtomicBool,
 }
@@ -124,6 +132,14 @@ impl Relay {
                 max_head: config.max_upstream_head.as_u64() as usize,
             },
         )?;
+        let upstream = match &config.upstream_ca {
+            Some(p) => {
+                let pem = std::fs::read(p).map_err(|e| SetupError::UpstreamCa(p.clone(), e))?;
+                upstream.with_parent_ca(Some(&pem))?
+            }
+            None => upstream,
+        };
+        let cors = crate::server::Cors::parse(&config.cors)?;
         let memory = config.memory_limit().as_u64() as usize;
         let flights = Flights::new(
             Cache::new(
@@ -148,6 +164,7 @@ impl Relay {
             via_entry: HeaderValue::from_str(&protocol::via_entry(&id))
                 .map_err(|_| SetupError::BadId(id.clone()))?,
             id,
+            cors,
             upstream,
             draining: AtomicBool::new(false),
             config,

@@ -1,5 +1,5 @@
-//! One viewer connection: the hyper connection with its service, and the
-//! task that watches it.
+//! One viewer connection, clear or TLS: the hyper connection with its
+//! service, and the task that watches it.
 //!
 //! The task races hyper against four events: the drain (graceful
 //! shutdown), the stop after `shutdown-grace`, a reclaim by the accept loop
@@ -17,8 +17,10 @@ use http::Request;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio_rustls::TlsAcceptor;
 
 use super::handle;
 use super::listener::Shared;
@@ -45,17 +47,55 @@ impl Drop for Counted {
     }
 }
 
-/// Serves one viewer connection under its watchdog.
+/// Serves one viewer connection under its watchdog; with `tls`, after the
+/// TLS handshake, which must finish within `tls-handshake-timeout` (a
+/// silent TLS client would otherwise hold its socket and its place under
+/// `max-connections`). The write timeout ([`StallGuard`]) sits under TLS, on
+/// the socket itself.
 pub(super) async fn connection(
     shared: Arc<Shared>,
     tcp: TcpStream,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
+    tls: Option<TlsAcceptor>,
 ) {
     let relay = &shared.relay;
     let _counted = Counted::new(&relay.metrics);
     let _ = tcp.set_nodelay(true);
     let local = tcp.local_addr().unwrap_or(relay.config.listen);
+    let io = StallGuard::new(tcp, relay.config.send_timeout);
+    let Some(acceptor) = tls else {
+        return serve_io(shared, io, peer, local, permit).await;
+    };
+    let limit = relay.config.tls_handshake_timeout;
+    let handshake = tokio::select! {
+        r = tokio::time::timeout(limit, acceptor.accept(io)) => r,
+        _ = shared.stop.cancelled() => return,
+    };
+    match handshake {
+        Ok(Ok(stream)) => serve_io(shared, stream, peer, local, permit).await,
+        Ok(Err(e)) => {
+            relay.metrics.connection_closed("tls_handshake");
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            relay.metrics.connection_closed("tls_handshake_timeout");
+            tracing::debug!(%peer, timeout = ?limit, "closing connection: no TLS handshake in time");
+        }
+    }
+}
+
+/// Serves HTTP on one connection (clear or TLS) under its watchdog.
+async fn serve_io<I>(
+    shared: Arc<Shared>,
+    io: I,
+    peer: SocketAddr,
+    local: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let relay = &shared.relay;
     let (idle_timeout, send_timeout) = (relay.config.idle_timeout, relay.config.send_timeout);
     let watch = Arc::new(ConnWatch::new());
     let (id, member) = shared.join(&watch);
@@ -77,7 +117,7 @@ pub(super) async fn connection(
             }
         })
     };
-    let io = TokioIo::new(StallGuard::new(tcp, send_timeout));
+    let io = TokioIo::new(io);
     let conn = shared.builder.serve_connection(io, svc);
     tokio::pin!(conn);
     let first = tokio::time::Instant::now() + idle_timeout.min(send_timeout);

@@ -68,7 +68,8 @@ pub async fn handle(relay: Arc<Relay>, req: Request<()>, local: SocketAddr) -> R
         return probe_answer(&relay, local);
     }
     let span = tracing::debug_span!("request", method = %req.method(), uri = %req.uri(), key = tracing::field::Empty);
-    async {
+    let origin = req.headers().get(http::header::ORIGIN).cloned();
+    let mut resp = async {
         match respond(&relay, req).await {
             Ok(resp) => resp,
             Err(e) => {
@@ -78,15 +79,13 @@ pub async fn handle(relay: Arc<Relay>, req: Request<()>, local: SocketAddr) -> R
         }
     }
     .instrument(span)
-    .await
+    .await;
+    relay.cors.apply(origin.as_ref(), resp.headers_mut());
+    resp
 }
 
-async fn respond(relay: &Arc<Relay>, req: Request<()>) -> Result<Response<Body>, RequestError> {
-    let head_only = match *req.method() {
-        Method::GET => false,
-        Method::HEAD => true,
-        ref m => return Err(RequestError::Method(m.clone())),
-    };
+/// Refuses a request head (target and fields) over `max-header-size`.
+fn check_header_size(relay: &Relay, req: &Request<()>) -> Result<(), RequestError> {
     let uri = req.uri();
     let header_bytes: usize = uri.path_and_query().map_or(0, |p| p.as_str().len())
         + uri.authority().map_or(0, |a| a.as_str().len())
@@ -98,6 +97,22 @@ async fn respond(relay: &Arc<Relay>, req: Request<()>) -> Result<Response<Body>,
     if header_bytes as u64 > relay.config.max_header_size.as_u64() {
         return Err(RequestError::HeaderTooLarge(header_bytes));
     }
+    Ok(())
+}
+
+async fn respond(relay: &Arc<Relay>, req: Request<()>) -> Result<Response<Body>, RequestError> {
+    let head_only = match *req.method() {
+        Method::GET => false,
+        Method::HEAD => true,
+        // With `--cors` the relay answers preflights itself; without, OPTIONS
+        // is refused like any other method.
+        Method::OPTIONS if relay.cors.enabled() => {
+            check_header_size(relay, &req)?;
+            return Ok(relay.cors.preflight(req.headers()));
+        }
+        ref m => return Err(RequestError::Method(m.clone())),
+    };
+    check_header_size(relay, &req)?;
     let via = req.headers().get_all(http::header::VIA);
     if relay.in_via(via.iter()) {
         return Err(RequestError::Loop(relay.id.clone()));
@@ -141,6 +156,19 @@ async fn respond(relay: &Arc<Relay>, req: Request<()>) -> Result<Response<Body>,
         } else {
             CacheStatus::Coalesced
         },
+    );
+    // Age on every response, not only hits: the age the head arrived
+    // with plus how long ago it arrived here.
+    let arrived_age = head
+        .headers
+        .get(http::header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let here = slot.head_at().map_or(0, |t| t.elapsed().as_secs());
+    resp.headers_mut().insert(
+        http::header::AGE,
+        HeaderValue::from(arrived_age.saturating_add(here)),
     );
     if !head_only && !not_yet {
         let relay = relay.clone();

@@ -1,4 +1,5 @@
-//! The viewer listener: HTTP/1.1 and h2c on one port.
+//! The viewer listeners: HTTP/1.1 and h2c on one port, and HTTP/1.1 and h2
+//! over TLS on another (`--listen-tls`), in one accept loop.
 //!
 //! The accept loop ([`serve`]) enforces `max-connections`: a connection
 //! over the cap first displaces the longest-idle open connection, if there
@@ -22,6 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Sleep;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::conn::connection;
@@ -204,6 +206,18 @@ fn builder(relay: &Relay) -> auto::Builder<TokioExecutor> {
 /// accepting for `drain-delay`, closes the listener and lets in-flight
 /// responses finish within `shutdown-grace`.
 pub async fn serve(relay: Arc<Relay>, listener: TcpListener, shutdown: CancellationToken) {
+    serve_with_tls(relay, listener, None, shutdown).await
+}
+
+/// [`serve`] on the clear `listener` and, if given, on a TLS listener with
+/// its acceptor: one accept loop, so `max-connections`, the reclaim of idle
+/// connections and the drain count both listeners' connections together.
+pub async fn serve_with_tls(
+    relay: Arc<Relay>,
+    listener: TcpListener,
+    tls: Option<(TcpListener, TlsAcceptor)>,
+    shutdown: CancellationToken,
+) {
     let max = relay.config.max_connections.min(u32::MAX as usize);
     let shared = Arc::new(Shared {
         builder: builder(&relay),
@@ -215,9 +229,10 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, shutdown: Cancellat
     let permits = Arc::new(Semaphore::new(max));
     let refusing = Arc::new(Semaphore::new(REFUSE_MAX));
     let mut backoff = AcceptBackoff::new("viewer");
+    let mut tls_backoff = AcceptBackoff::new("viewer-tls");
     let mut drain_at: Option<Pin<Box<Sleep>>> = None;
     loop {
-        let (tcp, peer) = tokio::select! {
+        let (tcp, peer, secure) = tokio::select! {
             _ = shutdown.cancelled(), if drain_at.is_none() => {
                 relay.set_draining();
                 tracing::info!(
@@ -229,9 +244,16 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, shutdown: Cancellat
             }
             _ = async { drain_at.as_mut().expect("guarded").await }, if drain_at.is_some() => break,
             r = listener.accept() => match r {
-                Ok(x) => x,
+                Ok((tcp, peer)) => (tcp, peer, None),
                 Err(e) => {
                     backoff.failed(&e).await;
+                    continue;
+                }
+            },
+            r = async { tls.as_ref().expect("guarded").0.accept().await }, if tls.is_some() => match r {
+                Ok((tcp, peer)) => (tcp, peer, tls.as_ref().map(|t| t.1.clone())),
+                Err(e) => {
+                    tls_backoff.failed(&e).await;
                     continue;
                 }
             },
@@ -243,18 +265,19 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, shutdown: Cancellat
                     (shared.clone(), permits.clone(), refusing.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(RECLAIM_WAIT, permits.acquire_owned()).await {
-                        Ok(Ok(permit)) => connection(shared, tcp, peer, permit).await,
-                        _ => refuse(&shared.relay, tcp, peer, &refusing),
+                        Ok(Ok(permit)) => connection(shared, tcp, peer, permit, secure).await,
+                        _ => refuse(&shared.relay, tcp, peer, &refusing, secure.is_some()),
                     }
                 });
             } else {
-                refuse(&relay, tcp, peer, &refusing);
+                refuse(&relay, tcp, peer, &refusing, secure.is_some());
             }
             continue;
         };
-        tokio::spawn(connection(shared.clone(), tcp, peer, permit));
+        tokio::spawn(connection(shared.clone(), tcp, peer, permit, secure));
     }
     drop(listener);
+    drop(tls);
     let grace = relay.config.shutdown_grace;
     tracing::info!(?grace, "listener closed, draining connections");
     shared.drain.cancel();
@@ -279,12 +302,23 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, shutdown: Cancellat
 /// preface, is just closed: it could not read an HTTP/1.1 answer), and
 /// lingers at most [`REFUSE_LINGER`] so the client reads the answer before
 /// the socket closes. At most [`REFUSE_MAX`] refusals wait at once; beyond
-/// that a connection is closed on the spot.
-fn refuse(relay: &Relay, tcp: TcpStream, peer: SocketAddr, refusing: &Arc<Semaphore>) {
+/// that a connection is closed on the spot. A TLS connection (`secure`) is
+/// always closed on the spot: an answer would need a handshake first, which
+/// is exactly the work an overloaded relay should not do.
+fn refuse(
+    relay: &Relay,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    refusing: &Arc<Semaphore>,
+    secure: bool,
+) {
     relay.metrics.rejected("connections");
     relay.metrics.connection_closed("over_limit");
     relay.metrics.shed_log.note("connections");
-    tracing::debug!(%peer, "refused connection over max-connections");
+    tracing::debug!(%peer, secure, "refused connection over max-connections");
+    if secure {
+        return;
+    }
     let Ok(permit) = refusing.clone().try_acquire_owned() else {
         return;
     };

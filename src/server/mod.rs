@@ -1,11 +1,17 @@
 //! The downstream side of the relay: the sockets viewers connect to, and
 //! what the relay answers on them. One concept per file:
 //!
-//! - `listener.rs`: the accept loop ([`serve`]), `max-connections` (reclaim
-//!   an idle connection, or refuse with a bare 503), accept back-off
+//! - `listener.rs`: the accept loop ([`serve`], [`serve_with_tls`]) over the
+//!   clear and the TLS listener, `max-connections` (reclaim an idle
+//!   connection, or refuse with a bare 503), accept back-off
 //!   ([`AcceptBackoff`]), the hyper builder, the drain.
-//! - `conn.rs`: one connection's task, racing hyper against the drain, a
-//!   reclaim and its watchdog.
+//! - `conn.rs`: one connection's task (the TLS handshake first, bounded by
+//!   `tls-handshake-timeout`, on the TLS listener), racing hyper against the
+//!   drain, a reclaim and its watchdog.
+//! - `tls.rs`: [`TlsCerts`], the server certificate, reloaded on SIGHUP, and
+//!   the rustls configuration (ALPN `h2`, `http/1.1`).
+//! - `cors.rs`: [`Cors`], preflight answers and the CORS headers added to
+//!   responses that lack them (`--cors`).
 //! - `watch.rs`: the watchdog (unfinished requests, per-response progress)
 //!   and [`Tracked`], the body wrapper that stamps progress.
 //! - `stall.rs`: [`StallGuard`], the socket write timeout.
@@ -52,11 +58,13 @@
 
 mod admin;
 mod conn;
+mod cors;
 mod error;
 mod handler;
 mod listener;
 mod range;
 mod stall;
+mod tls;
 mod watch;
 
 use bytes::Bytes;
@@ -69,11 +77,13 @@ use crate::protocol::{CacheStatus, X_CACHE};
 use crate::slot::SlotError;
 
 pub use admin::serve_admin;
+pub use cors::{Cors, CorsError, EXPOSE_HEADERS};
 pub use error::RequestError;
 pub use handler::handle;
-pub use listener::{serve, AcceptBackoff, ACCEPT_BACKOFF};
+pub use listener::{serve, serve_with_tls, AcceptBackoff, ACCEPT_BACKOFF};
 pub use range::{parse_range, RangeSpec};
 pub use stall::StallGuard;
+pub use tls::{CertError, TlsCerts, ALPN};
 pub use watch::Tracked;
 
 /// The response body type of every relay response.

@@ -113,6 +113,8 @@ pub struct SlotState {
     body: Body,
     head_weight: usize,
     first_byte: Option<Instant>,
+    /// When the head was published (arrived from upstream).
+    head_at: Option<Instant>,
 }
 
 impl SlotState {
@@ -139,6 +141,7 @@ impl Slot {
                 body: Body::new(budget.charge()),
                 head_weight: 0,
                 first_byte: None,
+                head_at: None,
             }),
         });
         let writer = Writer {
@@ -167,6 +170,12 @@ impl Slot {
     /// When the first body byte arrived from upstream.
     pub fn first_byte(&self) -> Option<Instant> {
         self.tx.borrow().first_byte
+    }
+
+    /// When the head was published: the relay's `Age` for a response
+    /// served from this slot counts from here.
+    pub fn head_at(&self) -> Option<Instant> {
+        self.tx.borrow().head_at
     }
 
     /// Body bytes received so far.
@@ -215,6 +224,7 @@ impl Writer {
                 .cover(weight + declared.saturating_add(PIECE_OVERHEAD));
             if result.is_ok() {
                 s.head_weight = weight;
+                s.head_at = Some(Instant::now());
                 s.phase = Phase::Streaming(Arc::new(head));
             }
             result.is_ok()

@@ -49,7 +49,8 @@ pub enum Failure {
     /// `probe:ADDR` found no usable parent.
     #[error("anycast probe: {0}")]
     Probe(String),
-    /// The TLS handshake with an `https://` origin failed.
+    /// The TLS handshake with an `https://` origin or parent failed (or a
+    /// parent did not negotiate h2).
     #[error("TLS: {0}")]
     Tls(String),
     /// The connection was closed, reset or went away (GOAWAY) before a

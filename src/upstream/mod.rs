@@ -1,8 +1,11 @@
 //! The client side of a relay: asks parent relays, in order, and falls back to
 //! the origin itself.
 //!
-//! Parents are spoken to over HTTP/2 with prior knowledge, one connection per
-//! parent, so every in-flight long-poll to a parent shares one TCP connection.
+//! Parents are spoken to over HTTP/2 with prior knowledge (`http://`), or
+//! over TLS with ALPN `h2` (`https://`, trusting `--upstream-ca` or the
+//! webpki roots), one connection per parent, so every in-flight long-poll to
+//! a parent shares one TCP connection. A TLS failure (handshake, certificate)
+//! is [`Failure::Tls`], a connection-level failure like a refused connect.
 //! The request names the chunk CDN style (`:authority` = origin, `:path` =
 //! path-and-query) and carries `Via`, so the parent applies its own allow-list
 //! and loop check. Origins are HTTP/1.1, because any web server must do:
@@ -131,6 +134,8 @@ impl Default for UpstreamLimits {
 pub struct Upstream {
     own_id: String,
     tls: Arc<rustls::ClientConfig>,
+    /// For `https://` parents: ALPN `h2`, `--upstream-ca` or webpki roots.
+    parent_tls: Arc<rustls::ClientConfig>,
     parents: Vec<Parent>,
     pool: Arc<OriginPool>,
     timeouts: Timeouts,
@@ -150,6 +155,7 @@ impl Upstream {
         limits: UpstreamLimits,
     ) -> Result<Upstream, UpstreamError> {
         let tls = crate::tls::client_config(origin_ca)?;
+        let parent_tls = crate::tls::client_config_alpn(None, &[b"h2"])?;
         let parents = parents
             .iter()
             .map(|p| Parent::parse(p))
@@ -157,12 +163,20 @@ impl Upstream {
         Ok(Upstream {
             own_id,
             tls,
+            parent_tls,
             parents,
             pool: Arc::new(OriginPool::default()),
             timeouts,
             limits,
             metrics,
         })
+    }
+
+    /// Trusts the CA in `ca_pem` (`--upstream-ca`) for `https://` parents
+    /// instead of the webpki roots.
+    pub fn with_parent_ca(mut self, ca_pem: Option<&[u8]>) -> Result<Upstream, UpstreamError> {
+        self.parent_tls = crate::tls::client_config_alpn(ca_pem, &[b"h2"])?;
+        Ok(self)
     }
 
     /// Whether parent `index` (into `--upstream`) is marked down right now.

@@ -15,16 +15,26 @@ use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
 use super::error::classify;
 use super::head::{check_head_size, normalize_framing};
 use super::{Failure, Upstream, UpstreamError, PARENT_DOWN_BACKOFF};
 use crate::key::ChunkKey;
+use crate::tls::TlsConnectError;
 
 /// One parent relay and its shared HTTP/2 connection.
 pub(super) struct Parent {
     /// As configured (for logs and errors).
     pub(super) url: String,
     addr: String,
+    /// `https://`: the name the parent's certificate must carry.
+    tls_host: Option<String>,
     /// `probe:ADDR`: the parent is whichever relay answers the anycast probe.
     probe: Option<std::net::SocketAddr>,
     conn: Mutex<Option<http2::SendRequest<Empty<Bytes>>>>,
@@ -32,8 +42,8 @@ pub(super) struct Parent {
 }
 
 impl Parent {
-    /// Parses one `--upstream` entry: `http://HOST[:PORT]` or
-    /// `probe:IP:PORT`.
+    /// Parses one `--upstream` entry: `http://HOST[:PORT]`,
+    /// `https://HOST[:PORT]` or `probe:IP:PORT`.
     pub(super) fn parse(p: &str) -> Result<Parent, UpstreamError> {
         if let Some(a) = p.strip_prefix("probe:") {
             let addr = a
@@ -42,6 +52,7 @@ impl Parent {
             return Ok(Parent {
                 url: p.to_string(),
                 addr: String::new(),
+                tls_host: None,
                 probe: Some(addr),
                 conn: Mutex::new(None),
                 down_until: Mutex::new(None),
@@ -50,16 +61,23 @@ impl Parent {
         let uri: Uri = p
             .parse()
             .map_err(|_| UpstreamError::BadParent(p.to_string()))?;
-        if uri.scheme_str() != Some("http") || !matches!(uri.path(), "" | "/") {
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(UpstreamError::BadParent(p.to_string())),
+        };
+        if !matches!(uri.path(), "" | "/") {
             return Err(UpstreamError::BadParent(p.to_string()));
         }
         let auth = uri
             .authority()
             .ok_or_else(|| UpstreamError::BadParent(p.to_string()))?;
-        let port = auth.port_u16().unwrap_or(80);
+        let port = auth.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let host = auth.host().trim_matches(['[', ']']);
         Ok(Parent {
             url: p.to_string(),
-            addr: format!("{}:{}", auth.host().trim_matches(['[', ']']), port),
+            addr: format!("{host}:{port}"),
+            tls_host: tls.then(|| host.to_string()),
             probe: None,
             conn: Mutex::new(None),
             down_until: Mutex::new(None),
@@ -112,7 +130,27 @@ impl Parent {
                 a.to_string()
             }
         };
-        let tcp = crate::connect::tcp(addr.as_str(), up.timeouts.connect).await?;
+        let io = match &self.tls_host {
+            None => Io::Clear(crate::connect::tcp(addr.as_str(), up.timeouts.connect).await?),
+            Some(host) => {
+                // The handshake gets a `connect-timeout` of its own after the
+                // TCP connect's: a parent that accepts but never answers must
+                // not hold the fetch until the long-poll deadline.
+                let limit = up.timeouts.connect;
+                let tls = crate::tls::connect(&up.parent_tls, host, addr.as_str(), limit);
+                let tls = tokio::time::timeout(limit.saturating_mul(2), tls)
+                    .await
+                    .map_err(|_| Failure::Tls(format!("no TLS handshake within {limit:?}")))?
+                    .map_err(|e| match e {
+                        TlsConnectError::Connect(e) => Failure::from(e),
+                        e => Failure::Tls(e.to_string()),
+                    })?;
+                if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+                    return Err(Failure::Tls(format!("{} did not negotiate h2", self.url)));
+                }
+                Io::Tls(Box::new(tls))
+            }
+        };
         // The h2 limit is a backstop at twice the head limit, so a head just
         // over the limit is decoded and refused with a precise error
         // (`check_head_size`) instead of an anonymous stream reset.
@@ -124,7 +162,7 @@ impl Parent {
             .max_header_list_size(backstop)
             .keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
-            .handshake(TokioIo::new(tcp))
+            .handshake::<_, Empty<Bytes>>(TokioIo::new(io))
             .await
             .map_err(|e| classify(&e, up.limits.max_head))?;
         let url = self.url.clone();
@@ -186,5 +224,65 @@ impl Upstream {
         };
         check_head_size(resp.headers(), self.limits.max_head)?;
         Ok(resp)
+    }
+}
+
+/// A parent connection's transport: h2c, or h2 over TLS.
+enum Io {
+    Clear(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Clear(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Clear(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Clear(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Clear(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Clear(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Clear(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }

@@ -449,3 +449,204 @@ pub fn client_config(origin: &OriginHandle, ca: &str) -> mlcache::client::Client
         ..Default::default()
     }
 }
+
+/// A CA and a server certificate for `127.0.0.1` and `localhost`, written
+/// as PEM files into a fresh temporary directory (removed on drop).
+pub struct CertFiles {
+    pub dir: std::path::PathBuf,
+    /// The CA certificate, PEM, for clients to trust.
+    pub ca_pem: String,
+    /// Where the CA certificate is written.
+    pub ca: std::path::PathBuf,
+    /// The server certificate chain (leaf, then CA).
+    pub cert: std::path::PathBuf,
+    /// The server's private key.
+    pub key: std::path::PathBuf,
+    /// The chain and key as written.
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl CertFiles {
+    /// Generates a fresh CA and server certificate; `tag` names the directory.
+    pub fn generate(tag: &str) -> CertFiles {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("mlcache test CA {tag}"));
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let leaf_params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+                .unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
+        let dir = std::env::temp_dir().join(format!(
+            "mlcache-tls-{}-{tag}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let files = CertFiles {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            ca_pem: ca.pem(),
+            cert_pem: format!("{}{}", leaf.pem(), ca.pem()),
+            key_pem: leaf_key.serialize_pem(),
+            dir,
+        };
+        std::fs::write(&files.ca, &files.ca_pem).unwrap();
+        files.install(&files.cert, &files.key);
+        files
+    }
+
+    /// Writes this pair over `cert` and `key` (as an operator renewing a
+    /// certificate would, before SIGHUP).
+    pub fn install(&self, cert: &std::path::Path, key: &std::path::Path) {
+        std::fs::write(cert, &self.cert_pem).unwrap();
+        std::fs::write(key, &self.key_pem).unwrap();
+    }
+
+    pub fn path(p: &std::path::Path) -> &str {
+        p.to_str().unwrap()
+    }
+}
+
+impl Drop for CertFiles {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
+impl TestProcess {
+    /// `mlcache-relay --listen 127.0.0.1:0 --listen-tls 127.0.0.1:0 --admin
+    /// 127.0.0.1:0 ARGS` with its log collected (`RUST_LOG=info`); returns it
+    /// and its TLS address (its `tls ADDR` line).
+    pub fn relay_tls(args: &[&str]) -> (TestProcess, SocketAddr) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mlcache-relay"));
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--listen-tls",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .args(args)
+        .env("RUST_LOG", "info");
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().push(line);
+            }
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let mut words = line.split_whitespace();
+                if let (Some(what), Some(Ok(a))) =
+                    (words.next(), words.next().map(str::parse::<SocketAddr>))
+                {
+                    let _ = tx.send((what.to_string(), a));
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + STARTUP;
+        let mut seen = std::collections::HashMap::new();
+        while seen.len() < 3 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((what, a)) => {
+                    seen.insert(what, a);
+                }
+                Err(e) => panic!(
+                    "{cmd:?}: no addresses printed: {e}; stderr: {:?}",
+                    log.lock()
+                ),
+            }
+        }
+        let tls = seen["tls"];
+        let p = TestProcess {
+            child,
+            addr: seen["listening"],
+            admin: Some(seen["admin"]),
+            log,
+        };
+        (p, tls)
+    }
+
+    /// Whether a line of its collected log contains `text`.
+    pub fn logged(&self, text: &str) -> bool {
+        self.log.lock().iter().any(|l| l.contains(text))
+    }
+}
+
+/// A TLS connection to `addr` trusting `ca_pem`, offering `alpn`.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    ca_pem: &str,
+    alpn: &[&[u8]],
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let config = mlcache::tls::client_config_alpn(Some(ca_pem.as_bytes()), alpn)
+        .map_err(|e| e.to_string())?;
+    mlcache::tls::connect(&config, "127.0.0.1", addr, Duration::from_secs(5))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The ALPN protocol a TLS connection negotiated.
+pub fn alpn_of(s: &tokio_rustls::client::TlsStream<TcpStream>) -> Option<Vec<u8>> {
+    s.get_ref().1.alpn_protocol().map(<[u8]>::to_vec)
+}
+
+/// Sends `req` over a fresh TLS connection with ALPN `http/1.1`.
+pub async fn h1_tls(addr: SocketAddr, ca: &str, req: Request<Empty<Bytes>>) -> Result<Got, String> {
+    let tls = tls_connect(addr, ca, &[b"http/1.1"]).await?;
+    assert_eq!(alpn_of(&tls).as_deref(), Some(&b"http/1.1"[..]));
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    read(resp).await
+}
+
+/// An h2 connection over TLS (ALPN `h2`, checked) to `addr`, for several
+/// requests.
+pub async fn h2_tls_conn(
+    addr: SocketAddr,
+    ca: &str,
+) -> Result<hyper::client::conn::http2::SendRequest<Empty<Bytes>>, String> {
+    let tls = tls_connect(addr, ca, &[b"h2"]).await?;
+    assert_eq!(alpn_of(&tls).as_deref(), Some(&b"h2"[..]));
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    Ok(send)
+}
+
+/// Sends `req` on an h2 connection and reads the whole response.
+pub async fn h2_send(
+    send: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    req: Request<Empty<Bytes>>,
+) -> Result<Got, String> {
+    send.ready().await.map_err(|e| e.to_string())?;
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    read(resp).await
+}
