@@ -121,6 +121,7 @@ async fn preflight_is_answered_by_the_relay_with_cors_and_refused_without() {
         .await
         .unwrap();
     assert_eq!(got.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(got.headers["allow"], "GET, HEAD");
     assert!(!got.headers.contains_key("access-control-allow-origin"));
 }
 

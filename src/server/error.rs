@@ -102,6 +102,16 @@ impl RequestError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        if let RequestError::Method(_) = self {
+            // RFC 9110 §15.5.6: a 405 lists what the resource allows.
+            // OPTIONS is answered only when `--cors` is set.
+            let allow = if relay.config.cors.is_empty() {
+                "GET, HEAD"
+            } else {
+                "GET, HEAD, OPTIONS"
+            };
+            h.insert(http::header::ALLOW, HeaderValue::from_static(allow));
+        }
         if let RequestError::Range(len) = self {
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
                 h.insert(http::header::CONTENT_RANGE, v);
