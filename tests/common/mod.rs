@@ -7,6 +7,8 @@
 //! nobody answers is held bound, not dropped ([`DeadPort`]).
 #![allow(dead_code)]
 
+pub mod nginx;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
