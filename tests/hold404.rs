@@ -62,13 +62,11 @@ impl PlainOrigin {
                                     let mut resp = Response::new(Full::new(b));
                                     // `/p/N` names its successor, so the
                                     // relay prefetches it.
-                                    if let Some(n) = path
-                                        .strip_prefix("/p/")
-                                        .and_then(|n| n.parse::<u64>().ok())
+                                    if let Some(n) =
+                                        path.strip_prefix("/p/").and_then(|n| n.parse::<u64>().ok())
                                     {
                                         let link = format!("<{}>; rel=\"next\"", n + 1);
-                                        resp.headers_mut()
-                                            .insert("link", link.parse().unwrap());
+                                        resp.headers_mut().insert("link", link.parse().unwrap());
                                     }
                                     resp
                                 }
@@ -135,7 +133,12 @@ fn viewers(relay: SocketAddr, origin: SocketAddr, path: &str, n: usize) -> JoinS
         let path = path.to_owned();
         set.spawn(async move {
             let req = proxy_get(origin, &path);
-            if i % 2 == 0 { h1(relay, req).await } else { h2(relay, req).await }.unwrap()
+            if i % 2 == 0 {
+                h1(relay, req).await
+            } else {
+                h2(relay, req).await
+            }
+            .unwrap()
         });
     }
     set
@@ -162,7 +165,10 @@ async fn held_until_published(n: usize, path: &str, polls: usize) -> usize {
     let started = Instant::now();
     let mut set = viewers(r.addr, oaddr, path, n);
     until(LONG, "all viewers parked", || r.relay.parked() == n).await;
-    until(LONG, "the origin re-polled", || origin.requests(path) >= polls).await;
+    until(LONG, "the origin re-polled", || {
+        origin.requests(path) >= polls
+    })
+    .await;
     let body = payload(300_000, n as u8);
     origin.publish(path, body.clone());
     while let Some(got) = set.join_next().await {
@@ -224,7 +230,10 @@ async fn a_hold_that_runs_out_sends_the_404_to_every_viewer() {
         assert_eq!(got.bytes().as_ref(), b"no such file\n");
     }
     let elapsed = started.elapsed();
-    assert!(elapsed >= hold, "answered after {elapsed:?}, before the hold ended");
+    assert!(
+        elapsed >= hold,
+        "answered after {elapsed:?}, before the hold ended"
+    );
     let count = origin.requests(path);
     assert!(count >= 5, "only {count} polls: the relay did not hold");
     assert!(count <= bound(elapsed), "{count} polls in {elapsed:?}");
@@ -279,12 +288,22 @@ async fn a_prefetch_404_with_no_viewer_starts_no_hold() {
     let got = h1(r.addr, proxy_get(oaddr, "/p/1")).await.unwrap();
     assert_eq!(got.status, StatusCode::OK);
     until(LONG, "the prefetch asked", || origin.requests("/p/2") == 1).await;
-    until(LONG, "the prefetch ended", || r.relay.flights.in_flight() == 0).await;
+    until(LONG, "the prefetch ended", || {
+        r.relay.flights.in_flight() == 0
+    })
+    .await;
     // Nobody waited for it: one request, no re-poll, no hold.
     tokio::time::sleep(INTERVAL * 5).await;
     assert_eq!(origin.requests("/p/2"), 1);
     let admin = r.admin.unwrap();
-    assert_eq!(metric(admin, "mlcache_upstream_repolls_total{reason=\"hold_404\"}").await, 0.0);
+    assert_eq!(
+        metric(admin, "mlcache_upstream_repolls_total{reason=\"hold_404\"}").await,
+        0.0
+    );
+    assert_eq!(
+        metric(admin, "mlcache_holds_total{result=\"abandoned\"}").await,
+        0.0
+    );
     // Its 404 was not remembered: a viewer who comes now is held and gets
     // the object when it appears.
     let mut set = viewers(r.addr, oaddr, "/p/2", 1);
@@ -292,11 +311,16 @@ async fn a_prefetch_404_with_no_viewer_starts_no_hold() {
     origin.publish("/p/2", payload(100, 2));
     let got = set.join_next().await.unwrap().unwrap();
     assert_eq!((got.status, got.x_cache()), (StatusCode::OK, "MISS"));
-    assert_eq!(metric(admin, "mlcache_holds_total{result=\"object\"}").await, 1.0);
+    assert_eq!(
+        metric(admin, "mlcache_holds_total{result=\"object\"}").await,
+        1.0
+    );
 }
 
 /// Two relays, B → A → plain origin, `--hold-404` on A only.
-async fn two_tier(hold_on_b: bool) -> (PlainOrigin, SocketAddr, mlcache::Running, mlcache::Running) {
+async fn two_tier(
+    hold_on_b: bool,
+) -> (PlainOrigin, SocketAddr, mlcache::Running, mlcache::Running) {
     let (origin, oaddr) = PlainOrigin::start().await;
     let a = relay(hold_config(oaddr, Duration::from_secs(2))).await;
     let mut cfg = relay_config(&format!("http://{oaddr}"));
@@ -316,7 +340,10 @@ async fn through_two_relays_a_holds_and_b_asks_once() {
     let started = Instant::now();
     let mut set = viewers(b.addr, oaddr, path, 30);
     until(LONG, "30 viewers parked on B", || b.relay.parked() == 30).await;
-    until(LONG, "A re-polled the origin", || origin.requests(path) >= 8).await;
+    until(LONG, "A re-polled the origin", || {
+        origin.requests(path) >= 8
+    })
+    .await;
     let body = payload(200_000, 42);
     origin.publish(path, body.clone());
     while let Some(got) = set.join_next().await {
@@ -330,12 +357,25 @@ async fn through_two_relays_a_holds_and_b_asks_once() {
     // B sent one long-poll to A and re-polled nothing: A did the polling.
     let (ba, aa) = (b.admin.unwrap(), a.admin.unwrap());
     assert_eq!(
-        metric(ba, "mlcache_upstream_fetches_total{target=\"parent\",result=\"ok\"}").await,
+        metric(
+            ba,
+            "mlcache_upstream_fetches_total{target=\"parent\",result=\"ok\"}"
+        )
+        .await,
         1.0
     );
-    assert_eq!(metric(ba, "mlcache_upstream_repolls_total{reason=\"not_yet\"}").await, 0.0);
-    assert_eq!(metric(ba, "mlcache_upstream_repolls_total{reason=\"hold_404\"}").await, 0.0);
-    assert_eq!(metric(aa, "mlcache_holds_total{result=\"object\"}").await, 1.0);
+    assert_eq!(
+        metric(ba, "mlcache_upstream_repolls_total{reason=\"not_yet\"}").await,
+        0.0
+    );
+    assert_eq!(
+        metric(ba, "mlcache_upstream_repolls_total{reason=\"hold_404\"}").await,
+        0.0
+    );
+    assert_eq!(
+        metric(aa, "mlcache_holds_total{result=\"object\"}").await,
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -359,9 +399,18 @@ async fn a_parents_404_after_its_hold_is_final_below() {
     let count = origin.requests(path);
     assert!(count <= bound(elapsed), "{count} polls in {elapsed:?}");
     let (ba, aa) = (b.admin.unwrap(), a.admin.unwrap());
-    assert_eq!(metric(aa, "mlcache_holds_total{result=\"not_found\"}").await, 1.0);
-    assert_eq!(metric(ba, "mlcache_upstream_repolls_total{reason=\"hold_404\"}").await, 0.0);
-    assert_eq!(metric(ba, "mlcache_holds_total{result=\"not_found\"}").await, 0.0);
+    assert_eq!(
+        metric(aa, "mlcache_holds_total{result=\"not_found\"}").await,
+        1.0
+    );
+    assert_eq!(
+        metric(ba, "mlcache_upstream_repolls_total{reason=\"hold_404\"}").await,
+        0.0
+    );
+    assert_eq!(
+        metric(ba, "mlcache_holds_total{result=\"not_found\"}").await,
+        0.0
+    );
 }
 
 /// The segment number of `segN.m4s`.
@@ -400,7 +449,12 @@ async fn nginx_serving_ffmpeg_hls_behaves_like_a_long_poll_origin() {
     for (name, set) in next.iter().zip(sets.iter_mut()) {
         while let Some(got) = set.join_next().await {
             let got = got.unwrap();
-            assert_eq!(got.status, StatusCode::OK, "{name}: {:?}", nginx.error_log());
+            assert_eq!(
+                got.status,
+                StatusCode::OK,
+                "{name}: {:?}",
+                nginx.error_log()
+            );
             // Exactly the file ffmpeg wrote (still in the directory: the
             // playlist keeps 6 segments).
             let file = std::fs::read(dir.path().join(name)).expect("segment on disk");
@@ -413,6 +467,9 @@ async fn nginx_serving_ffmpeg_hls_behaves_like_a_long_poll_origin() {
         eprintln!("{name}: nginx saw {count} requests ({not_found} × 404) in {elapsed:?}");
         assert!(not_found >= 1, "{name} was asked for before it existed");
         assert_eq!(count - not_found, 1, "{name}: one 200 for 20 viewers");
-        assert!(count <= bound(elapsed), "{name}: {count} requests in {elapsed:?}");
+        assert!(
+            count <= bound(elapsed),
+            "{name}: {count} requests in {elapsed:?}"
+        );
     }
 }

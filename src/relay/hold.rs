@@ -77,8 +77,7 @@ impl Hold {
 
     /// Time left in a hold that has started.
     pub(super) fn left(&self, cfg: &Config) -> Option<Duration> {
-        self.since
-            .map(|t| cfg.hold_404.saturating_sub(t.elapsed()))
+        self.since.map(|t| cfg.hold_404.saturating_sub(t.elapsed()))
     }
 
     /// Ends a hold that had started: counts it under `result` and logs it.

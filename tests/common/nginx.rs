@@ -52,7 +52,11 @@ pub fn find(tool: &str) -> Option<PathBuf> {
 /// (`.ci/run` installs them); elsewhere it prints `SKIPPED` and the caller
 /// returns.
 pub fn require(tools: &[&str]) -> bool {
-    let missing: Vec<&str> = tools.iter().copied().filter(|t| find(t).is_none()).collect();
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| find(t).is_none())
+        .collect();
     if missing.is_empty() {
         return true;
     }
@@ -191,7 +195,11 @@ impl Nginx {
             .collect();
         let not_found = lines
             .iter()
-            .filter(|l| l.split('"').nth(2).is_some_and(|s| s.trim_start().starts_with("404")))
+            .filter(|l| {
+                l.split('"')
+                    .nth(2)
+                    .is_some_and(|s| s.trim_start().starts_with("404"))
+            })
             .count();
         (lines.len(), not_found)
     }
@@ -228,7 +236,14 @@ impl LiveHls {
             .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
             .args(["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25"])
             .args(["-t", &limit.as_secs().max(1).to_string()])
-            .args(["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency"])
+            .args([
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-tune",
+                "zerolatency",
+            ])
             .args(["-g", "25", "-keyint_min", "25", "-sc_threshold", "0"])
             .args(["-f", "hls", "-hls_time", "1", "-hls_list_size", "6"])
             .args(["-hls_flags", "delete_segments+temp_file"])
