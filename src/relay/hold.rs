@@ -42,6 +42,9 @@ use crate::upstream::Source;
 /// bigger error page is dropped unread and its connection closed.
 const DRAIN_LIMIT: usize = 64 << 10;
 
+/// Longest a held 404's body is read for (see [`drain`]).
+const DRAIN_TIME: Duration = Duration::from_secs(1);
+
 /// One fill's hold on an origin 404: when it started and how many 404s it
 /// has absorbed.
 #[derive(Debug, Default)]
@@ -103,15 +106,54 @@ pub(super) fn outcome(status: StatusCode) -> &'static str {
     }
 }
 
-/// Reads a held 404's body to its end (up to [`DRAIN_LIMIT`] and `idle`
-/// between frames), so its keep-alive connection goes back to the pool
-/// rather than being closed by every poll.
+/// Reads a held 404's body to its end (up to [`DRAIN_LIMIT`] bytes, within
+/// [`DRAIN_TIME`] and `idle` between frames), so its keep-alive connection
+/// goes back to the pool rather than being closed by every poll. A body
+/// that is bigger or slower is dropped, which closes its connection: a
+/// trickling error page must not slow the hold's polls down.
 pub(super) async fn drain(mut body: Incoming, idle: Duration) {
-    let mut read = 0usize;
-    while read <= DRAIN_LIMIT {
-        match tokio::time::timeout(idle, body.frame()).await {
-            Ok(Some(Ok(f))) => read += f.data_ref().map_or(0, |d| d.len()),
-            _ => return,
+    let idle = idle.min(DRAIN_TIME);
+    let read_all = async {
+        let mut read = 0usize;
+        while read <= DRAIN_LIMIT {
+            match tokio::time::timeout(idle, body.frame()).await {
+                Ok(Some(Ok(f))) => read += f.data_ref().map_or(0, |d| d.len()),
+                _ => return,
+            }
         }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, read_all).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_origins_404_with_viewers_waiting_is_held_and_only_for_the_hold() {
+        let mut cfg = Config::default();
+        let not_found = StatusCode::NOT_FOUND;
+        // Off by default.
+        assert!(!Hold::default().takes(&cfg, Source::Origin, not_found, 5));
+        cfg.hold_404 = Duration::from_millis(200);
+        // A parent's 404 is final; other statuses are answers; a 404 nobody
+        // waits for (a prefetch) is not held.
+        assert!(!Hold::default().takes(&cfg, Source::Parent(0), not_found, 5));
+        assert!(!Hold::default().takes(&cfg, Source::Origin, StatusCode::OK, 5));
+        assert!(!Hold::default().takes(&cfg, Source::Origin, StatusCode::GONE, 5));
+        assert!(!Hold::default().takes(&cfg, Source::Origin, not_found, 0));
+        let mut hold = Hold::default();
+        assert_eq!(hold.left(&cfg), None);
+        assert!(hold.takes(&cfg, Source::Origin, not_found, 1));
+        assert!(hold.left(&cfg).is_some_and(|l| l <= cfg.hold_404));
+        assert!(hold.takes(&cfg, Source::Origin, not_found, 1));
+        // Once the hold has run, the next 404 goes out.
+        std::thread::sleep(cfg.hold_404);
+        assert_eq!(hold.left(&cfg), Some(Duration::ZERO));
+        assert!(!hold.takes(&cfg, Source::Origin, not_found, 1));
+        assert_eq!(hold.polls, 2);
+        assert_eq!(outcome(not_found), "not_found");
+        assert_eq!(outcome(StatusCode::OK), "object");
+        assert_eq!(outcome(StatusCode::FORBIDDEN), "other_status");
     }
 }
