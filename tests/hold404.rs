@@ -182,6 +182,7 @@ async fn held_until_published(n: usize, path: &str, polls: usize) -> usize {
         count <= bound(elapsed),
         "{n} viewers: {count} origin requests in {elapsed:?}"
     );
+    eprintln!("{n} viewers: {count} origin requests in {elapsed:?}");
     // Never two polls closer together than the interval allows.
     assert!(origin.busiest(path, INTERVAL / 4) <= 1, "polls bunched up");
     let admin = r.admin.unwrap();
