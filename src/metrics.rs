@@ -79,6 +79,10 @@ pub struct Metrics {
     errors: Family<Labels, Counter>,
     /// Downstream connections the relay closed, by reason.
     closed: Family<Labels, Counter>,
+    /// Upstream re-polls of a key by why (`not_yet`, `hold_404`).
+    repolls: Family<Labels, Counter>,
+    /// `--hold-404` holds by how they ended.
+    holds: Family<Labels, Counter>,
     /// Rate-limited log of 5xx answers (load shedding, upstream failures).
     pub shed_log: RateLog,
     /// Rate-limited log of 4xx answers (refused requests).
@@ -113,6 +117,8 @@ impl Metrics {
             refused_log: RateLog::new("requests refused", Level::Info, errors.clone()),
             errors,
             closed: Family::default(),
+            repolls: Family::default(),
+            holds: Family::default(),
         };
         registry.register(
             "requests",
@@ -194,6 +200,16 @@ impl Metrics {
             "Downstream connections closed by the relay, by reason",
             m.closed.clone(),
         );
+        registry.register(
+            "upstream_repolls",
+            "Upstream re-polls of a key nobody had yet, by reason (not_yet, hold_404)",
+            m.repolls.clone(),
+        );
+        registry.register(
+            "holds",
+            "Viewers held on an origin 404 (--hold-404), by how the hold ended (object, not_found, abandoned, failed)",
+            m.holds.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -209,6 +225,19 @@ impl Metrics {
         self.upstream
             .get_or_create(&[("target", target), ("result", result)])
             .inc();
+    }
+
+    /// Counts one upstream re-poll of a key: `not_yet` (the upstream said
+    /// "not yet") or `hold_404` (a held origin 404).
+    pub fn repoll(&self, reason: &'static str) {
+        self.repolls.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    /// Counts one `--hold-404` hold that ended: `object` (it appeared),
+    /// `not_found` (the hold ran out and the 404 went out), `abandoned`
+    /// (every viewer left) or `failed` (the upstream failed meanwhile).
+    pub fn hold_ended(&self, result: &'static str) {
+        self.holds.get_or_create(&[("result", result)]).inc();
     }
 
     /// Counts one request refused by a limit.

@@ -136,10 +136,19 @@ pub struct Config {
     #[arg(long, env = "MLCACHE_NEGATIVE_TTL", default_value = "1s", value_parser = humantime::parse_duration, help_heading = CACHE)]
     #[serde(with = "humantime_serde")]
     pub negative_ttl: Duration,
-    /// Shortest gap between two upstream polls of a chunk that is "not yet".
-    #[arg(long, env = "MLCACHE_REPOLL_INTERVAL", default_value = "50ms", value_parser = humantime::parse_duration, help_heading = TIMEOUTS)]
+    /// Shortest gap between two upstream polls of a chunk that is "not yet"
+    /// (or held by --hold-404): at most one poll per key per interval,
+    /// whatever the number of viewers.
+    #[arg(long, env = "MLCACHE_REPOLL_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration, help_heading = TIMEOUTS)]
     #[serde(with = "humantime_serde")]
     pub repoll_interval: Duration,
+    /// Plain origins made live: hold viewers this long after the origin
+    /// answers 404 (no "not yet" marker), re-polling it once per
+    /// --repoll-interval until the object appears; then the 404 goes out.
+    /// Origin answers only, GET fills with viewers waiting (0: off).
+    #[arg(long = "hold-404", env = "MLCACHE_HOLD_404", value_name = "DURATION", default_value = "0s", value_parser = humantime::parse_duration, help_heading = TIMEOUTS)]
+    #[serde(rename = "hold-404", with = "humantime_serde")]
+    pub hold_404: Duration,
     /// How long in-flight responses may finish after SIGTERM.
     #[arg(long, env = "MLCACHE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration, help_heading = DRAIN)]
     #[serde(with = "humantime_serde")]

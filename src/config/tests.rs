@@ -102,7 +102,7 @@ fn defaults_are_unchanged() {
             s(30),
             s(60),
             s(1),
-            Duration::from_millis(50),
+            Duration::from_millis(100),
             s(10)
         ]
     );
@@ -195,7 +195,8 @@ fn the_example_config_lists_and_checks_every_setting() {
     let c = Config::from_file(&path).unwrap();
     c.validate().unwrap();
     assert_eq!(c.id.as_deref(), Some("relay-par1"));
-    assert_eq!(c.repoll_interval, Duration::from_millis(50));
+    assert_eq!(c.repoll_interval, Duration::from_millis(100));
+    assert_eq!(c.hold_404, Duration::ZERO);
     assert_eq!(c.drain_delay, Duration::from_secs(5));
     // The example names every setting, set or commented out (`# key = ...`),
     // and the commented-out values are valid too.

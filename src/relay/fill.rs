@@ -1,7 +1,8 @@
 //! The fill task: the one upstream fetch that feeds a slot.
 //!
 //! It asks `upstream`, re-polls (paced by `repoll-interval`) while the
-//! answer is "not yet" and a viewer still waits, publishes the head (with
+//! answer is "not yet", or an origin 404 under `--hold-404` (`hold.rs`), and
+//! a viewer still waits, publishes the head (with
 //! hop-by-hop headers and `Set-Cookie` removed, and a prefetch of the
 //! `Link: rel=next` chunk started), then streams the body into the slot in
 //! batches: frames already buffered, or a trickle gathered for up to
@@ -15,6 +16,7 @@ use futures_util::FutureExt;
 use http::{HeaderValue, StatusCode};
 use http_body_util::BodyExt;
 
+use super::hold::{self, Hold};
 use super::link::{next_link, strip_hop_by_hop};
 use super::{not_yet_head, Relay};
 use crate::flight::{Fill, Store};
@@ -78,32 +80,49 @@ impl Relay {
         let key = &fill.key;
         let writer = fill.writer();
         let slot = writer.slot();
+        let mut hold = Hold::default();
         let (resp, source) = loop {
             let asked = Instant::now();
-            let (resp, source) =
-                self.upstream
-                    .fetch(key, origin, via)
-                    .await
-                    .map_err(|e| match e {
+            let fetched = self.upstream.fetch(key, origin, via).await;
+            let (resp, source) = match fetched {
+                Ok(r) => r,
+                Err(e) => {
+                    hold.end(&self.metrics, "failed");
+                    return Err(match e {
                         e if e.is_timeout() => SlotError::Timeout(e.to_string().into()),
                         e => SlotError::Unavailable(e.to_string().into()),
-                    })?;
-            if !is_not_yet(resp.status(), resp.headers()) {
+                    });
+                }
+            };
+            let reason = if is_not_yet(resp.status(), resp.headers()) {
+                self.metrics.upstream(source.label(), "not_yet");
+                "not_yet"
+            } else if hold.takes(cfg, source, resp.status(), slot.viewers()) {
+                self.metrics.upstream(source.label(), "held_404");
+                hold::drain(resp.into_body(), cfg.body_idle_timeout).await;
+                "hold_404"
+            } else {
+                hold.end(&self.metrics, hold::outcome(resp.status()));
                 break (resp, source);
-            }
-            self.metrics.upstream(source.label(), "not_yet");
+            };
             writer.mark_not_yet();
             // Ask again only while somebody waits. A prefetch, which nobody
             // waits for yet, asks once: viewers who come later poll for
-            // themselves.
-            let spent = asked.elapsed();
-            if spent < cfg.repoll_interval && slot.viewers() > 0 {
-                tokio::time::sleep(cfg.repoll_interval - spent).await;
+            // themselves. A hold's last poll falls on its end, so the 404
+            // goes out when the hold says, not up to an interval later.
+            let mut pause = cfg.repoll_interval.saturating_sub(asked.elapsed());
+            if let Some(left) = hold.left(cfg) {
+                pause = pause.min(left);
+            }
+            if !pause.is_zero() && slot.viewers() > 0 {
+                tokio::time::sleep(pause).await;
             }
             if slot.viewers() == 0 {
+                hold.end(&self.metrics, "abandoned");
                 writer.publish_head(not_yet_head())?;
                 return Ok(None);
             }
+            self.metrics.repoll(reason);
         };
         self.metrics.upstream(source.label(), "ok");
         let status = resp.status();

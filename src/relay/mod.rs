@@ -10,12 +10,14 @@
 //! cache, anything else ends the slot (with an error if the body broke).
 //!
 //! This file holds the [`Relay`] itself (setup, identity, [`Relay::join`]);
-//! `fill.rs` the fill task; `link.rs` what the fill does to upstream headers
+//! `fill.rs` the fill task; `hold.rs` the `--hold-404` hold on a plain
+//! origin's 404 (re-polled like "not yet"); `link.rs` what the fill does to upstream headers
 //! (hop-by-hop stripping, `Link: rel=next` for prefetch).
 //!
 //! [`flight`]: crate::flight
 
 mod fill;
+mod hold;
 mod link;
 
 pub use link::{next_link, strip_hop_by_hop};

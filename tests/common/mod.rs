@@ -4,8 +4,11 @@
 //! HTTP/2 connection). A test owns every port it uses: in-process relays get
 //! listeners the test bound ([`relay`], [`relay_on`]), spawned binaries bind
 //! port 0 and tell their address on stdout ([`TestProcess`]), and a port
-//! nobody answers is held bound, not dropped ([`DeadPort`]).
+//! nobody answers is held bound, not dropped ([`DeadPort`]). `nginx` starts
+//! a real nginx serving a directory, and ffmpeg writing live HLS into it.
 #![allow(dead_code)]
+
+pub mod nginx;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
