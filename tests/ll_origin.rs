@@ -121,6 +121,22 @@ async fn ll_hls_blocking_reload_and_hinted_parts() {
         assert!(p.contains(tag), "{tag} missing: {p}");
     }
 
+    // PROGRAM-DATE-TIME is wall-clock time: the segment in production
+    // started less than a segment (plus a part of arrival slack) ago.
+    let pdt = p
+        .lines()
+        .filter_map(|l| l.strip_prefix("#EXT-X-PROGRAM-DATE-TIME:"))
+        .last()
+        .unwrap();
+    let started = humantime::parse_rfc3339_weak(pdt).unwrap();
+    let age = std::time::SystemTime::now()
+        .duration_since(started)
+        .unwrap_or_else(|e| panic!("PDT {pdt} is {:?} in the future", e.duration()));
+    assert!(
+        age < Duration::from_millis(1500),
+        "PDT {pdt} is {age:?} old"
+    );
+
     // The hinted part and the playlist that lists it: both held, both
     // answered within a part duration (plus scheduling slack) of the ask.
     let (m, i) = hint(&p);

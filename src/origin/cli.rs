@@ -14,7 +14,9 @@ use bytesize::ByteSize;
 
 use super::{Encryption, Faults, Feed, LlConfig, OriginConfig, Publish};
 
-/// Live head end (long-poll) and VOD origin for mlcache tests and demos.
+/// Live head end (long-poll) and VOD origin for mlcache tests and demos; with
+/// --ll, also an LL-HLS (/ll/master.m3u8) and LL-DASH (/dash/manifest.mpd) head
+/// end fed by ffmpeg.
 #[derive(clap::Parser, Debug, Clone)]
 #[command(name = "mlcache-origin", version)]
 pub struct OriginArgs {
