@@ -125,8 +125,8 @@ async fn ll_hls_blocking_reload_and_hinted_parts() {
     // started less than a segment (plus a part of arrival slack) ago.
     let pdt = p
         .lines()
-        .filter_map(|l| l.strip_prefix("#EXT-X-PROGRAM-DATE-TIME:"))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix("#EXT-X-PROGRAM-DATE-TIME:"))
         .unwrap();
     let started = humantime::parse_rfc3339_weak(pdt).unwrap();
     let age = std::time::SystemTime::now()

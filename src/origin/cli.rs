@@ -288,4 +288,45 @@ mod tests {
             assert!(err.to_string().contains(bad[0]), "{err}");
         }
     }
+
+    /// The LL flags: off by default, on with --ll or --feed; a segment must
+    /// be a whole number of parts.
+    #[test]
+    fn ll_flags() {
+        let parse = |extra: &[&str]| {
+            let mut v = vec!["mlcache-origin", "--token", "t"];
+            v.extend_from_slice(extra);
+            OriginArgs::try_parse_from(v).unwrap().into_config()
+        };
+        assert!(parse(&[]).unwrap().ll.is_none());
+        let ll = parse(&["--ll"]).unwrap().ll.unwrap();
+        assert_eq!(ll.feed, Feed::Lavfi);
+        assert_eq!(
+            (ll.part, ll.segment, ll.window),
+            (Duration::from_millis(200), Duration::from_secs(1), 10)
+        );
+        let ll = parse(&[
+            "--feed",
+            "-",
+            "--segment-duration",
+            "2s",
+            "--part-duration",
+            "250ms",
+        ])
+        .unwrap()
+        .ll
+        .unwrap();
+        assert_eq!(ll.feed, Feed::Stdin);
+        assert_eq!(ll.segment, Duration::from_secs(2));
+        assert!(parse(&[
+            "--ll",
+            "--segment-duration",
+            "1s",
+            "--part-duration",
+            "300ms"
+        ])
+        .is_err());
+        assert!(parse(&["--ll", "--part-duration", "10ms"]).is_err());
+        assert!(parse(&["--ll", "--ll-window", "1"]).is_err());
+    }
 }
