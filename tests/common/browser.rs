@@ -3,8 +3,6 @@
 //! each player window measured. Installs the pinned node packages from the
 //! lock file on first use. Without Chromium or Node the caller skips, except
 //! under CI, where that is a failure (`.ci/run` installs both).
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -15,21 +13,11 @@ pub fn dir() -> PathBuf {
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
-/// Whether the browser rig can run here; under CI a missing piece panics.
-/// Installs the node packages (`npm ci`) when they are missing.
+/// Whether the browser rig can run here (see [`super::nginx::require`]:
+/// under CI a missing piece fails). Installs the node packages (`npm ci`)
+/// when they are missing.
 pub fn ready() -> bool {
-    let node = Command::new("node")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    let chromium = Path::new(CHROMIUM).exists();
-    if !node || !chromium {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must have node and {CHROMIUM} (.ci/run installs chromium)"
-        );
-        eprintln!("skipping: the browser test needs node and {CHROMIUM}");
+    if !super::nginx::require(&["node", "npm", "chromium"]) {
         return false;
     }
     install();

@@ -8,6 +8,7 @@
 //! a real nginx serving a directory, and ffmpeg writing live HLS into it.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod nginx;
 
 use std::io::{BufRead, BufReader, Read};

@@ -1,0 +1,451 @@
+//! Real players through a tree of two relays, as a live-event operator runs
+//! them: hls.js and dash.js in headless Chromium (tests/browser), over https
+//! with h2, from a page on another origin (CORS); an ordinary nginx serving
+//! ffmpeg's HLS, made live by `--hold-404`; VLC and ffmpeg as HLS clients.
+//!
+//! Every stream comes from a real encoder (ffmpeg). Each test compares the
+//! same player through the relays with the same player direct to an
+//! identical origin (its own ffmpeg, so the relay path's origin counts only
+//! the relays' requests) and checks what the origin saw: one request per
+//! part, per playlist version, per segment.
+//!
+//! The browser tests take a process-wide lock: one Chromium at a time on a
+//! two-core machine.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::browser::{self, Play, Tab};
+use common::nginx::{self, LiveHls, Nginx, TempDir};
+use common::{h1, CertFiles, TestProcess};
+use http::{Request, StatusCode};
+use http_body_util::Empty;
+
+/// One browser (or heavy encoder set) at a time.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// How long a freshly spawned ffmpeg may take to produce segments.
+const WARM_UP: Duration = Duration::from_secs(40);
+
+/// `mlcache-origin --ll` (LL-HLS and LL-DASH from its own ffmpeg).
+fn ll_origin() -> TestProcess {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mlcache-origin"));
+    cmd.args(["--listen", "127.0.0.1:0", "--plaintext", "--token", "t"])
+        .args(["--ll", "--feed", "lavfi"]);
+    TestProcess::start(cmd, false)
+}
+
+async fn get(addr: SocketAddr, path: &str) -> common::Got {
+    let req = Request::get(path)
+        .header("host", addr.to_string())
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    h1(addr, req).await.expect("request")
+}
+
+/// Waits until the LL origin lists `segments` complete segments.
+async fn warm(addr: SocketAddr, segments: usize) {
+    let deadline = Instant::now() + WARM_UP;
+    loop {
+        let g = get(addr, "/ll/media.m3u8").await;
+        let text = String::from_utf8_lossy(g.bytes()).to_string();
+        if g.status == StatusCode::OK && text.matches("#EXTINF").count() >= segments {
+            return;
+        }
+        assert!(Instant::now() < deadline, "origin never warmed up: {g:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The origin's request counts by path and query.
+async fn origin_requests(addr: SocketAddr) -> HashMap<String, u64> {
+    let g = get(addr, "/stats").await;
+    let v: serde_json::Value = serde_json::from_slice(g.bytes()).expect("stats JSON");
+    v["requests"]
+        .as_object()
+        .expect("requests")
+        .iter()
+        .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
+        .collect()
+}
+
+/// Requests made between two snapshots, per path, for paths matching `f`.
+fn delta(
+    before: &HashMap<String, u64>,
+    after: &HashMap<String, u64>,
+    f: impl Fn(&str) -> bool,
+) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = after
+        .iter()
+        .filter(|(k, _)| f(k))
+        .map(|(k, n)| (k.clone(), n - before.get(k).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    v.sort();
+    v
+}
+
+/// Relay A (talks to the origin) and relay B (its child, over https with
+/// h2), both with a TLS listener and `--cors *`.
+struct Tree {
+    a: TestProcess,
+    b: TestProcess,
+    b_tls: SocketAddr,
+    _certs: CertFiles,
+}
+
+impl Tree {
+    fn start(origin: &str, a_extra: &[&str]) -> Tree {
+        let certs = CertFiles::generate("players");
+        let (cert, key) = (CertFiles::path(&certs.cert), CertFiles::path(&certs.key));
+        let common = [
+            "--allow-origin",
+            origin,
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key,
+            "--cors",
+            "*",
+        ];
+        let mut a_args = common.to_vec();
+        a_args.extend_from_slice(a_extra);
+        let (a, a_tls) = TestProcess::relay_tls(&a_args);
+        let parent = format!("https://{a_tls}");
+        let mut b_args = common.to_vec();
+        b_args.extend_from_slice(&["--upstream", &parent, "--upstream-ca"]);
+        b_args.push(CertFiles::path(&certs.ca));
+        let (b, b_tls) = TestProcess::relay_tls(&b_args);
+        Tree {
+            a,
+            b,
+            b_tls,
+            _certs: certs,
+        }
+    }
+
+    /// `https://B/mlcache/ORIGIN/PATH`: the relay path a player is given.
+    fn url(&self, origin: SocketAddr, path: &str) -> String {
+        format!("https://{}/mlcache/{origin}{path}", self.b_tls)
+    }
+}
+
+/// Where a test's screenshot goes (target/players-NAME.png).
+fn screenshot(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    dir.join(format!("players-{name}.png"))
+}
+
+/// Runs the browser on a blocking thread.
+async fn play(p: Play<'static>) -> Vec<Tab> {
+    tokio::task::spawn_blocking(move || browser::play(&p))
+        .await
+        .expect("play")
+}
+
+/// Every tab played: media time advanced ≥ 0.9 s per second, no stall, no
+/// fatal error.
+fn assert_played(tabs: &[Tab]) {
+    for t in tabs {
+        assert!(t.playing, "{} never played: {:?}", t.label, t.raw);
+        assert!(t.errors.is_empty(), "{} errors: {:?}", t.label, t.raw);
+        assert!(t.advance >= 0.9, "{} advanced {:.2}: {:?}", t.label, t.advance, t.raw);
+        assert_eq!(t.stalls, Some(0), "{} stalled: {:?}", t.label, t.raw);
+    }
+}
+
+/// The players' live latency through the relays is within `within` seconds
+/// of the same player direct (medians over tabs).
+fn assert_latency(tabs: &[Tab], within: f64) -> (f64, f64) {
+    let relays = browser::latency(tabs, "relays").expect("latency through relays");
+    let direct = browser::latency(tabs, "direct").expect("latency direct");
+    eprintln!("live latency: direct {direct:.2} s, through two relays {relays:.2} s");
+    assert!(
+        relays - direct <= within,
+        "latency through relays {relays:.2} s vs direct {direct:.2} s"
+    );
+    (relays, direct)
+}
+
+fn srcs(relays: usize, relay_url: &str, direct: usize, direct_url: &str) -> Vec<(String, String)> {
+    let mut v = vec![("relays".to_string(), relay_url.to_string()); relays];
+    v.extend(vec![("direct".to_string(), direct_url.to_string()); direct]);
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hls_js_plays_ll_hls_through_two_https_relays() {
+    if !nginx::require(&["ffmpeg"]) || !browser::ready() {
+        return;
+    }
+    let _heavy = HEAVY.lock().await;
+    let origin = ll_origin();
+    let twin = ll_origin();
+    let tree = Tree::start(&format!("http://{}", origin.addr), &[]);
+    warm(origin.addr, 2).await;
+    warm(twin.addr, 2).await;
+    let before = origin_requests(origin.addr).await;
+
+    let relay_url = tree.url(origin.addr, "/ll/master.m3u8");
+    let direct_url = format!("http://{}/ll/master.m3u8", twin.addr);
+    let tabs = play(Play {
+        player: "hls",
+        srcs: srcs(5, &relay_url, 1, &direct_url),
+        tabs: 1,
+        warmup_secs: 6,
+        seconds: 20,
+        screenshot: Some(screenshot("hls")),
+    })
+    .await;
+    assert_played(&tabs);
+    assert_latency(&tabs, 0.3);
+
+    let after = origin_requests(origin.addr).await;
+    let parts = delta(&before, &after, |k| k.starts_with("/ll/part"));
+    let versions = delta(&before, &after, |k| k.contains("media.m3u8?_HLS_msn="));
+    eprintln!(
+        "origin: {} parts, {} requests; {} playlist versions, {} requests",
+        parts.len(),
+        parts.iter().map(|p| p.1).sum::<u64>(),
+        versions.len(),
+        versions.iter().map(|p| p.1).sum::<u64>()
+    );
+    // 5 parts per second over at least the 20 s window.
+    assert!(parts.len() >= 80, "parts fetched: {parts:?}");
+    assert!(versions.len() >= 80, "playlist versions: {versions:?}");
+    for (k, n) in parts.iter().chain(&versions) {
+        assert_eq!(*n, 1, "{k} was asked of the origin {n} times");
+    }
+    // Only A talked to the origin; B's fetches went to A.
+    assert_eq!(
+        common::metric(
+            tree.b.admin(),
+            "mlcache_upstream_fetches_total{target=\"origin\",result=\"ok\"}"
+        )
+        .await,
+        0.0
+    );
+    assert!(
+        common::metric(
+            tree.a.admin(),
+            "mlcache_upstream_fetches_total{target=\"origin\",result=\"ok\"}"
+        )
+        .await
+            >= parts.len() as f64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dash_js_plays_ll_dash_through_two_https_relays() {
+    if !nginx::require(&["ffmpeg"]) || !browser::ready() {
+        return;
+    }
+    let _heavy = HEAVY.lock().await;
+    let origin = ll_origin();
+    let twin = ll_origin();
+    let tree = Tree::start(&format!("http://{}", origin.addr), &[]);
+    warm(origin.addr, 2).await;
+    warm(twin.addr, 2).await;
+    let before = origin_requests(origin.addr).await;
+
+    let relay_url = tree.url(origin.addr, "/dash/manifest.mpd");
+    let direct_url = format!("http://{}/dash/manifest.mpd", twin.addr);
+    let tabs = play(Play {
+        player: "dash",
+        srcs: srcs(3, &relay_url, 1, &direct_url),
+        tabs: 1,
+        warmup_secs: 6,
+        seconds: 20,
+        screenshot: Some(screenshot("dash")),
+    })
+    .await;
+    assert_played(&tabs);
+    assert_latency(&tabs, 0.3);
+
+    let after = origin_requests(origin.addr).await;
+    let segments = delta(&before, &after, |k| k.starts_with("/dash/seg"));
+    eprintln!("origin: {} chunked segments", segments.len());
+    assert!(segments.len() >= 18, "segments fetched: {segments:?}");
+    for (k, n) in &segments {
+        assert_eq!(*n, 1, "{k} was asked of the origin {n} times");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hls_js_plays_a_plain_nginx_origin_made_live_by_hold_404() {
+    if !nginx::require(&["ffmpeg", "nginx"]) || !browser::ready() {
+        return;
+    }
+    let _heavy = HEAVY.lock().await;
+    let www = TempDir::new("players-www");
+    let mut hls = LiveHls::start(www.path(), Duration::from_secs(90));
+    let web = Nginx::serve(www.path());
+    let tree = Tree::start(&web.url, &["--hold-404", "4s"]);
+    let deadline = Instant::now() + WARM_UP;
+    while nginx::segments(&hls.playlist()).len() < 3 {
+        assert!(hls.alive(), "ffmpeg exited");
+        assert!(Instant::now() < deadline, "ffmpeg wrote no playlist");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // While the players watch, 10 viewers on B ask for the segment after the
+    // next one by name, before it exists: A holds them and polls nginx.
+    let last = nginx::segments(&hls.playlist()).last().unwrap().0;
+    let ahead = last + 2;
+    let name = format!("/seg{ahead}.m4s");
+    let viewers: Vec<_> = (0..10)
+        .map(|_| {
+            let (b, web, name) = (tree.b.addr, web.addr, name.clone());
+            tokio::spawn(async move {
+                let req = Request::get(format!("/mlcache/{web}{name}"))
+                    .header("host", "relay")
+                    .body(Empty::<Bytes>::new())
+                    .unwrap();
+                h1(b, req).await
+            })
+        })
+        .collect();
+
+    let relay_url = tree.url(web.addr, "/live.m3u8");
+    let direct_url = format!("{}/live.m3u8", web.url);
+    let tabs = play(Play {
+        player: "hls",
+        srcs: srcs(1, &relay_url, 1, &direct_url),
+        tabs: 1,
+        warmup_secs: 4,
+        seconds: 12,
+        screenshot: None,
+    })
+    .await;
+    assert_played(&tabs);
+    // Plain HLS: hls.js sits three segments back; the relays may add up
+    // to one playlist refresh.
+    assert_latency(&tabs, 1.0);
+
+    let file = std::fs::read(www.path().join(&name[1..])).ok();
+    for v in viewers {
+        let got = v.await.unwrap().expect("held viewer");
+        assert_eq!(got.status, StatusCode::OK, "{name}: {got:?}");
+        if let Some(f) = &file {
+            assert_eq!(got.bytes().as_ref(), f.as_slice(), "{name} differs");
+        }
+    }
+    // nginx saw the relay tree ask for each segment once (the direct
+    // player's requests carry a browser User-Agent), and the not-yet
+    // segment polled at a bounded rate, not once per viewer.
+    let relay_lines: Vec<String> = web
+        .access_lines()
+        .into_iter()
+        .filter(|l| !l.contains("Mozilla"))
+        .collect();
+    let mut per_segment: HashMap<String, (usize, usize)> = HashMap::new();
+    for l in &relay_lines {
+        let Some(path) = l.split('"').nth(1).and_then(|r| r.split(' ').nth(1)) else {
+            continue;
+        };
+        if path.ends_with(".m4s") {
+            let status = l.split('"').nth(2).unwrap_or("").trim_start();
+            let e = per_segment.entry(path.to_string()).or_default();
+            if status.starts_with("200") {
+                e.0 += 1;
+            } else if status.starts_with("404") {
+                e.1 += 1;
+            }
+        }
+    }
+    for (path, (ok, _)) in &per_segment {
+        assert!(*ok <= 1, "{path}: nginx served it {ok} times to the relays");
+    }
+    let (_, polls) = per_segment[&name];
+    eprintln!("{name}: nginx answered {polls} polls with 404 before it existed");
+    // Written about 2-3 s after the viewers asked; at most one poll per
+    // 100 ms plus slack.
+    assert!(polls <= 45, "{name} polled {polls} times");
+    assert!(hls.alive());
+}
+
+/// Frames ffprobe decodes from a file.
+fn frames(path: &std::path::Path) -> u64 {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .expect("run ffprobe");
+    assert!(out.status.success(), "ffprobe {path:?}: {out:?}");
+    // MPEG-TS may list the stream under more than one program: one line each.
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vlc_and_ffmpeg_play_hls_through_the_relays() {
+    if !nginx::require(&["ffmpeg", "ffprobe", "cvlc"]) {
+        return;
+    }
+    let _heavy = HEAVY.lock().await;
+    let origin = ll_origin();
+    let tree = Tree::start(&format!("http://{}", origin.addr), &[]);
+    warm(origin.addr, 3).await;
+    let out = TempDir::new("players-out");
+    // VLC will not run as root; as root, run it as nobody, writing into a
+    // directory nobody may write.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        Command::new("chmod")
+            .arg("777")
+            .arg(out.path())
+            .status()
+            .unwrap();
+    }
+
+    // ffmpeg over https (h1 over TLS; it does not verify by default).
+    let ffmpeg_out = out.path().join("ffmpeg.mp4");
+    let ffmpeg = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
+        .arg("-i")
+        .arg(tree.url(origin.addr, "/ll/media.m3u8"))
+        .args(["-t", "4", "-c", "copy"])
+        .arg(&ffmpeg_out)
+        .output()
+        .expect("run ffmpeg");
+    assert!(ffmpeg.status.success(), "ffmpeg: {ffmpeg:?}");
+    let n = frames(&ffmpeg_out);
+    eprintln!("ffmpeg wrote {n} frames through the relays");
+    assert!(n >= 90, "ffmpeg wrote {n} frames");
+
+    // VLC over clear HTTP on B.
+    let vlc_out = out.path().join("vlc.ts");
+    let url = format!(
+        "http://{}/mlcache/{}/ll/media.m3u8",
+        tree.b.addr, origin.addr
+    );
+    let sout = format!("#std{{access=file,mux=ts,dst={}}}", vlc_out.display());
+    let mut vlc = if root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "nobody", "--", "cvlc"]);
+        c
+    } else {
+        Command::new("cvlc")
+    };
+    let run = vlc
+        .args(["-q", "--play-and-exit", "--run-time", "6"])
+        .arg(&url)
+        .arg("--sout")
+        .arg(&sout)
+        .env("HOME", out.path())
+        .output()
+        .expect("run cvlc");
+    assert!(run.status.success(), "cvlc: {run:?}");
+    let n = frames(&vlc_out);
+    eprintln!("VLC wrote {n} frames through the relays");
+    assert!(n >= 100, "VLC wrote {n} frames");
+}
