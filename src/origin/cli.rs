@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use bytesize::ByteSize;
 
-use super::{Encryption, Faults, OriginConfig, Publish};
+use super::{Encryption, Faults, Feed, LlConfig, OriginConfig, Publish};
 
 /// Live head end (long-poll) and VOD origin for mlcache tests and demos.
 #[derive(clap::Parser, Debug, Clone)]
@@ -94,6 +94,30 @@ pub struct OriginArgs {
     /// Publish the files of this directory (sorted by name) as stream 0, then end it.
     #[arg(long = "live-dir")]
     pub live_dir: Option<std::path::PathBuf>,
+    /// Run the LL-HLS / LL-DASH head end: /ll/master.m3u8 (LL-HLS) and
+    /// /dash/manifest.mpd (LL-DASH, chunked CMAF) from one live fMP4 feed
+    /// (--feed, default lavfi), beside the other routes.
+    #[arg(long)]
+    pub ll: bool,
+    /// The head end's fMP4 feed (implies --ll): `lavfi` spawns ffmpeg with a
+    /// testsrc2 source paced in real time; `-` reads standard input; a path
+    /// reads a file or FIFO. An external feed needs a keyframe at every
+    /// segment start (ffmpeg: -g = fps × segment duration, -movflags
+    /// empty_moov+default_base_moof+frag_every_frame).
+    #[arg(long)]
+    pub feed: Option<Feed>,
+    /// LL-HLS part (and LL-DASH chunk availability) duration.
+    #[arg(long = "part-duration", default_value = "200ms", value_parser = humantime::parse_duration)]
+    pub part_duration: Duration,
+    /// LL segment duration: a whole number of parts, starting at a keyframe.
+    #[arg(long = "segment-duration", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub segment_duration: Duration,
+    /// LL segments kept and listed (the sliding window).
+    #[arg(long = "ll-window", default_value_t = 10)]
+    pub ll_window: usize,
+    /// Frame rate of the lavfi feed.
+    #[arg(long = "ll-fps", default_value_t = 25)]
+    pub ll_fps: u32,
 }
 
 impl OriginArgs {
@@ -131,6 +155,9 @@ impl OriginArgs {
         if a.streams == 0 || chunk_size < 16 {
             return Err("--streams must be at least 1 and --chunk-size at least 16 bytes".into());
         }
+        let ll = (a.ll || a.feed.is_some())
+            .then(|| ll_config(&a))
+            .transpose()?;
         let pki = crate::tls::TestPki::generate(&names).map_err(|e| e.to_string())?;
         if let Some(path) = ca_out {
             std::fs::write(&path, &pki.ca_pem)
@@ -169,8 +196,36 @@ impl OriginArgs {
             token,
             authority: a.authority,
             live_files,
+            ll,
         })
     }
+}
+
+/// Checks the LL flags: a part is at least a frame; a segment is a whole
+/// number of parts.
+fn ll_config(a: &OriginArgs) -> Result<LlConfig, String> {
+    let (part, seg) = (a.part_duration, a.segment_duration);
+    if a.ll_fps == 0 || a.ll_fps > 120 {
+        return Err("--ll-fps must be 1 to 120".into());
+    }
+    if part.as_secs_f64() * f64::from(a.ll_fps) < 0.999 {
+        return Err("--part-duration must be at least one frame".into());
+    }
+    let n = seg.as_secs_f64() / part.as_secs_f64();
+    if n < 0.999 || (n - n.round()).abs() > 0.001 {
+        return Err("--segment-duration must be a whole number of --part-duration".into());
+    }
+    if a.ll_window < 3 {
+        return Err("--ll-window must be at least 3 segments".into());
+    }
+    Ok(LlConfig {
+        feed: a.feed.clone().unwrap_or(Feed::Lavfi),
+        part,
+        segment: seg,
+        window: a.ll_window,
+        hold: a.hold,
+        fps: a.ll_fps,
+    })
 }
 
 /// Reads the files of `dir`, sorted by name, as live chunk bodies.

@@ -27,14 +27,19 @@
 //! - `publish`: the publisher clock that makes each live chunk a slot;
 //! - `chunk`: what a chunk is: deterministic bytes, RFC 8188 sealing, headers;
 //! - `faults`: injected faults, per flag or per query, applied to a body;
-//! - `cli`: the `mlcache-origin` flags and their checks.
+//! - `cli`: the `mlcache-origin` flags and their checks;
+//! - `fmp4`: the fragmented-MP4 parser the low-latency head end reads its
+//!   feed with;
+//! - `ll`: the LL-HLS / LL-DASH head end (`/ll/…`, `/dash/…`), fed by ffmpeg.
 
 mod accept;
 mod api;
 mod chunk;
 mod cli;
 mod faults;
+pub mod fmp4;
 mod live;
+mod ll;
 mod publish;
 mod router;
 
@@ -55,6 +60,7 @@ use crate::slot::Slot;
 pub use chunk::{chunk_bytes, xorshift64, Encryption};
 pub use cli::{read_live_dir, OriginArgs};
 pub use faults::Faults;
+pub use ll::{Feed, LlConfig};
 pub use publish::Publish;
 
 /// Settings of the head end.
@@ -96,6 +102,8 @@ pub struct OriginConfig {
     pub authority: Option<String>,
     /// When set, stream 0 publishes these bodies in order and then ends.
     pub live_files: Vec<Bytes>,
+    /// The LL-HLS / LL-DASH head end (`/ll/`, `/dash/`), when set.
+    pub ll: Option<LlConfig>,
 }
 
 impl Default for OriginConfig {
@@ -119,6 +127,7 @@ impl Default for OriginConfig {
             token: None,
             authority: None,
             live_files: Vec::new(),
+            ll: None,
         }
     }
 }
@@ -141,6 +150,8 @@ struct State {
     refuse: AtomicBool,
     /// Canonical `host:port` of `authority`, for chunks' binding names.
     bind_authority: String,
+    /// The low-latency head end, when configured.
+    ll: Option<Arc<ll::LlHead>>,
 }
 
 impl State {
@@ -200,7 +211,9 @@ pub async fn start(cfg: OriginConfig) -> std::io::Result<OriginHandle> {
     let authority = cfg.authority.clone().unwrap_or_else(|| addr.to_string());
     let bind_authority = crate::manifest::canonical_authority(&authority)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let ll = cfg.ll.clone().map(ll::LlHead::new);
     let state = Arc::new(State {
+        ll,
         bind_authority,
         authority,
         streams: (0..cfg.streams)
@@ -218,6 +231,9 @@ pub async fn start(cfg: OriginConfig) -> std::io::Result<OriginHandle> {
     let shutdown = CancellationToken::new();
     if let Some(cadence) = state.cfg.cadence {
         publish::spawn_clock(state.clone(), cadence, shutdown.clone());
+    }
+    if let Some(ll) = &state.ll {
+        ll.spawn_feed(shutdown.clone());
     }
     accept::spawn(listener, state.clone(), shutdown.clone());
     Ok(OriginHandle {

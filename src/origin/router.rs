@@ -3,7 +3,8 @@
 //! API paths (`/manifest/…`, `/keys/…`) go to the API over TLS only.
 //! `/stats` is answered without being counted. Anything else is counted (by
 //! path and query, for tests), gets its faults (configured, then the query's)
-//! and is routed: `/live/…` to the long-poll, `/vod/{n}` to a one-off slot
+//! and is routed: `/ll/…` and `/dash/…` to the low-latency head end,
+//! `/live/…` to the long-poll, `/vod/{n}` to a one-off slot
 //! holding the sealed VOD chunk. The small response builders every part of
 //! the origin uses live here too.
 
@@ -67,6 +68,18 @@ pub(super) async fn handle(state: Arc<State>, req: Request<Incoming>, tls: bool)
     }
     if let Some(code) = faults.status.and_then(|c| StatusCode::from_u16(c).ok()) {
         return text(code, format!("fault: status {code}\n"));
+    }
+    if let Some(ll) = state
+        .ll
+        .as_ref()
+        .filter(|_| path.starts_with("/ll/") || path.starts_with("/dash/"))
+    {
+        let host = req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()));
+        return super::ll::handle(ll, req.method(), &path, req.uri().query(), host).await;
     }
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match parts.as_slice() {
