@@ -95,13 +95,22 @@ impl Ctx {
     }
 }
 
-/// A part's arrival at one player: key hash, first byte, last byte (Unix ns).
-pub(super) type Arrival = (u64, u64, u64);
+/// A part's arrival at one player.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Arrival {
+    /// [`key_hash`] of the part's origin path.
+    pub(super) key: u64,
+    /// First and last byte, Unix ns.
+    pub(super) first_ns: u64,
+    pub(super) last_ns: u64,
+    /// Completed inside the measurement window.
+    pub(super) in_window: bool,
+}
 
 /// Everything one player saw.
 #[derive(Debug, Default)]
 pub(super) struct PlayerRecord {
-    /// Parts completed inside the window.
+    /// Parts completed inside the window (a control player's: all of them).
     pub(super) arrivals: Vec<Arrival>,
     /// Blocking playlist reloads answered inside the window.
     pub(super) versions: u64,
@@ -583,7 +592,9 @@ async fn media_loop(
                     )
                     .await
                     {
-                        p.record.lock().hinted += 1;
+                        if p.in_window(Instant::now()) {
+                            p.record.lock().hinted += 1;
+                        }
                         started = true;
                     } else {
                         // Not got: fetch it again once listed.
@@ -621,7 +632,12 @@ async fn fetch_part(
             // a relay player gets in the window, whenever they came.
             if in_window || !p.group().via_relay {
                 let key = origin_key(&p.group().prefix, url);
-                r.arrivals.push((key_hash(key), g.first_ns, g.last_ns));
+                r.arrivals.push(Arrival {
+                    key: key_hash(key),
+                    first_ns: g.first_ns,
+                    last_ns: g.last_ns,
+                    in_window,
+                });
             }
             if in_window {
                 if started && now - *last_part > stall_after {

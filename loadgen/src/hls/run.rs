@@ -274,10 +274,10 @@ fn build_report(
     // The control group's earliest first and last byte per part.
     let mut control: HashMap<u64, (u64, u64)> = HashMap::new();
     for r in &records[0] {
-        for &(k, f, l) in &r.arrivals {
-            let e = control.entry(k).or_insert((f, l));
-            e.0 = e.0.min(f);
-            e.1 = e.1.min(l);
+        for a in &r.arrivals {
+            let e = control.entry(a.key).or_insert((a.first_ns, a.last_ns));
+            e.0 = e.0.min(a.first_ns);
+            e.1 = e.1.min(a.last_ns);
         }
     }
     let mut groups = Vec::new();
@@ -290,8 +290,9 @@ fn build_report(
             ..HlsGroupReport::default()
         };
         for r in recs {
-            for &(k, f, l) in &r.arrivals {
-                let Some(&(cf, cl)) = control.get(&k) else {
+            for a in r.arrivals.iter().filter(|a| a.in_window) {
+                let (f, l) = (a.first_ns, a.last_ns);
+                let Some(&(cf, cl)) = control.get(&a.key) else {
                     unmatched += 1;
                     continue;
                 };
