@@ -104,6 +104,11 @@ pub async fn run(opts: HlsOpts, cancel: CancellationToken) -> anyhow::Result<Hls
         opts.sources
     };
 
+    // The origin's counts are cumulative: what this run caused is the
+    // difference from here.
+    let stats_before = origin_stats(opts.origin)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let (media, probe_keys) = probe(opts.origin, &opts.path).await?;
     anyhow::ensure!(
         !media.parts.is_empty() && media.server_control.can_block_reload,
@@ -222,9 +227,12 @@ pub async fn run(opts: HlsOpts, cancel: CancellationToken) -> anyhow::Result<Hls
     lag_task.abort();
     anyhow::ensure!(!cancel.is_cancelled(), "interrupted");
     let loadgen_cpu = cpu.percent();
-    let stats = origin_stats(opts.origin)
+    let mut stats = origin_stats(opts.origin)
         .await
         .map_err(anyhow::Error::msg)?;
+    for (k, n) in stats.iter_mut() {
+        *n = n.saturating_sub(stats_before.get(k).copied().unwrap_or(0));
+    }
     let keys = std::mem::take(&mut *ctx.keys.lock());
     let lag_ms = Percentiles::of(&lag.lock());
     Ok(build_report(
