@@ -263,14 +263,12 @@ pub fn parse(text: &str) -> Result<Playlist, ParseError> {
                     part_hold_back: float(&a, "PART-HOLD-BACK"),
                 };
             }
-            "#EXT-X-MAP" => {
-                if p.map.is_none() {
-                    p.map = Some(
-                        attributes(value)
-                            .remove("URI")
-                            .ok_or(ParseError::BadTag("EXT-X-MAP"))?,
-                    );
-                }
+            "#EXT-X-MAP" if p.map.is_none() => {
+                p.map = Some(
+                    attributes(value)
+                        .remove("URI")
+                        .ok_or(ParseError::BadTag("EXT-X-MAP"))?,
+                );
             }
             "#EXTINF" => {
                 let d = value.split(',').next().unwrap_or("").trim();
