@@ -57,8 +57,13 @@ pub(super) struct KeyInfo {
     pub(super) kind: Kind,
     /// A relay player got it inside the measurement window.
     pub(super) relay_in_window: bool,
-    /// Requests the control group sent for it (they all reach the origin).
+    /// Requests the control group sent for it whose response head came
+    /// (so the origin surely counted them).
     pub(super) control_sent: u64,
+    /// Control requests for it without a response head (failed, or cut
+    /// at the stop): the origin may or may not have counted them, so the
+    /// key's count is not exact and is left out.
+    pub(super) control_unsure: u64,
 }
 
 /// What every player of a run shares.
@@ -77,10 +82,15 @@ pub(super) struct Ctx {
     pub(super) playlists_total: AtomicU64,
     /// Errors of all players (progress).
     pub(super) errors_total: AtomicU64,
+    /// Body bytes delivered to all players.
+    pub(super) bytes: AtomicU64,
 }
 
 impl Ctx {
-    fn note(&self, key: &str, kind: Kind, relay_in_window: bool, control: bool) {
+    /// Notes a request for `key`: a relay player's answered inside the
+    /// window, or a control player's sent (`control` +1) and answered
+    /// (`control` -1 on the unsure count, +1 on the sent count).
+    fn note(&self, key: &str, kind: Kind, relay_in_window: bool, control: i8) {
         let mut keys = self.keys.lock();
         let e = match keys.get_mut(key) {
             Some(e) => e,
@@ -88,10 +98,18 @@ impl Ctx {
                 kind,
                 relay_in_window: false,
                 control_sent: 0,
+                control_unsure: 0,
             }),
         };
         e.relay_in_window |= relay_in_window;
-        e.control_sent += control as u64;
+        match control {
+            1 => e.control_unsure += 1,
+            -1 => {
+                e.control_unsure -= 1;
+                e.control_sent += 1;
+            }
+            _ => {}
+        }
     }
 }
 
@@ -146,6 +164,8 @@ struct Got {
     first_ns: u64,
     last_ns: u64,
     age: f64,
+    /// Body length.
+    len: u64,
 }
 
 /// A player's connection: its own HTTP/1.1 connection, reopened when it
@@ -204,6 +224,7 @@ impl Conn {
             .and_then(|v| v.trim().parse::<f64>().ok())
             .unwrap_or(0.0);
         let mut first_ns = 0;
+        let mut len = 0u64;
         let mut buf = BytesMut::new();
         let mut body = resp.into_body();
         let read = async {
@@ -213,6 +234,7 @@ impl Conn {
                     if first_ns == 0 && !data.is_empty() {
                         first_ns = now_ns();
                     }
+                    len += data.len() as u64;
                     if keep {
                         buf.extend_from_slice(&data);
                     }
@@ -238,6 +260,7 @@ impl Conn {
             first_ns: if first_ns == 0 { last_ns } else { first_ns },
             last_ns,
             age,
+            len,
         })
     }
 
@@ -304,14 +327,17 @@ impl Player {
         let group = self.group();
         let key = origin_key(&group.prefix, url);
         if !group.via_relay {
-            self.ctx.note(key, kind, false, true);
+            self.ctx.note(key, kind, false, 1);
         }
         let got = conn
             .get(&self.ctx.opts, group.target, url, keep, range)
             .await?;
-        if group.via_relay && got.status.is_success() && self.in_window(Instant::now()) {
-            self.ctx.note(key, kind, true, false);
+        if !group.via_relay {
+            self.ctx.note(key, kind, false, -1);
+        } else if got.status.is_success() && self.in_window(Instant::now()) {
+            self.ctx.note(key, kind, true, 0);
         }
+        self.ctx.bytes.fetch_add(got.len, Ordering::Relaxed);
         Ok(got)
     }
 

@@ -67,6 +67,15 @@ pub struct HlsReport {
     /// sent the origin over the whole run.
     pub origin_requests_other: u64,
     pub relay_players: usize,
+    /// Parts and versions left out of the two ratios because a control
+    /// request for them got no answer (the origin may or may not have
+    /// counted it).
+    pub uncounted_keys: u64,
+    /// Keys whose relay-path origin count was not 1, with that count (at
+    /// most 20).
+    pub keys_not_once: Vec<(String, u64)>,
+    /// Body bytes delivered to all players per second of the run.
+    pub bytes_per_sec: f64,
     pub total_errors: u64,
     pub loadgen_cpu_percent: f64,
     pub loop_lag_ms: Percentiles,
@@ -187,6 +196,17 @@ impl HlsReport {
             "other origin requests (relay path: multivariant, plain media playlist, init): {} for {} players",
             self.origin_requests_other, self.relay_players
         );
+        if self.uncounted_keys > 0 {
+            let _ = writeln!(
+                o,
+                "left out of the ratios: {} keys a control request for got no answer",
+                self.uncounted_keys
+            );
+        }
+        for (k, n) in &self.keys_not_once {
+            let _ = writeln!(o, "    {k}: {n} origin requests on the relay path");
+        }
+        let _ = writeln!(o, "delivered: {}", crate::report::rate(self.bytes_per_sec));
         let stalls: u64 = self.groups.iter().map(|g| g.stalls).sum();
         let _ = writeln!(o, "errors: {}, stalls: {}", self.total_errors, stalls);
         let _ = writeln!(

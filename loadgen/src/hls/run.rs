@@ -132,6 +132,7 @@ pub async fn run(opts: HlsOpts, cancel: CancellationToken) -> anyhow::Result<Hls
                 kind: Kind::Other,
                 relay_in_window: false,
                 control_sent: 1,
+                control_unsure: 0,
             },
         );
     }
@@ -143,6 +144,7 @@ pub async fn run(opts: HlsOpts, cancel: CancellationToken) -> anyhow::Result<Hls
         parts_total: AtomicU64::new(0),
         playlists_total: AtomicU64::new(0),
         errors_total: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
     });
 
     // Event-loop lag: how late a 10 ms timer fires.
@@ -243,28 +245,43 @@ pub async fn run(opts: HlsOpts, cancel: CancellationToken) -> anyhow::Result<Hls
         &stats,
         &watched,
         (stop - window_start).as_secs_f64(),
+        (
+            ctx.bytes.load(Ordering::Relaxed),
+            t0.elapsed().as_secs_f64(),
+        ),
         loadgen_cpu,
         lag_ms,
     ))
 }
 
 /// Origin requests per key of `kind` a relay player got in the window:
-/// the origin's count minus what the control group sent.
+/// the origin's count minus what the control group sent; keys whose control
+/// count is unsure are left out (their number is returned too), and keys
+/// not at exactly one are listed (at most 20) for the report.
 fn per_key(
     keys: &HashMap<String, super::player::KeyInfo>,
     stats: &HashMap<String, u64>,
     kind: Kind,
-) -> Vec<u64> {
-    keys.iter()
-        .filter(|(_, i)| i.kind == kind && i.relay_in_window)
-        .map(|(k, i)| {
-            stats
-                .get(k)
-                .copied()
-                .unwrap_or(0)
-                .saturating_sub(i.control_sent)
-        })
-        .collect()
+    off: &mut Vec<(String, u64)>,
+) -> (Vec<u64>, u64) {
+    let mut unsure = 0;
+    let mut out = Vec::new();
+    for (k, i) in keys.iter().filter(|(_, i)| i.kind == kind && i.relay_in_window) {
+        if i.control_unsure > 0 {
+            unsure += 1;
+            continue;
+        }
+        let n = stats
+            .get(k)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(i.control_sent);
+        if n != 1 && off.len() < 20 {
+            off.push((k.clone(), n));
+        }
+        out.push(n);
+    }
+    (out, unsure)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -276,6 +293,7 @@ fn build_report(
     stats: &HashMap<String, u64>,
     watched: &[Option<CpuMeter>],
     window_s: f64,
+    (bytes, elapsed_s): (u64, f64),
     loadgen_cpu: f64,
     loop_lag_ms: Percentiles,
 ) -> HlsReport {
@@ -331,8 +349,9 @@ fn build_report(
         out.process_rss_bytes = g.pid.and_then(sys::proc_rss);
         groups.push(out);
     }
-    let per_part = per_key(keys, stats, Kind::Part);
-    let per_version = per_key(keys, stats, Kind::Version);
+    let mut off = Vec::new();
+    let (per_part, unsure_parts) = per_key(keys, stats, Kind::Part, &mut off);
+    let (per_version, unsure_versions) = per_key(keys, stats, Kind::Version, &mut off);
     let avg = |v: &[u64]| {
         if v.is_empty() {
             0.0
@@ -379,6 +398,9 @@ fn build_report(
         origin_requests_per_version_min: per_version.iter().copied().min().unwrap_or(0),
         origin_requests_per_version_max: per_version.iter().copied().max().unwrap_or(0),
         origin_requests_other: other,
+        uncounted_keys: unsure_parts + unsure_versions,
+        keys_not_once: off,
+        bytes_per_sec: bytes as f64 / elapsed_s,
         relay_players: opts
             .groups
             .iter()
