@@ -14,7 +14,9 @@ use bytesize::ByteSize;
 
 use super::{Encryption, Faults, Feed, LlConfig, OriginConfig, Publish};
 
-/// Live head end (long-poll) and VOD origin for mlcache tests and demos.
+/// Live head end (long-poll) and VOD origin for mlcache tests and demos; with
+/// --ll, also an LL-HLS (/ll/master.m3u8) and LL-DASH (/dash/manifest.mpd) head
+/// end fed by ffmpeg.
 #[derive(clap::Parser, Debug, Clone)]
 #[command(name = "mlcache-origin", version)]
 pub struct OriginArgs {
@@ -285,5 +287,46 @@ mod tests {
             let err = OriginArgs::try_parse_from(["mlcache-origin", bad[0], bad[1]]).unwrap_err();
             assert!(err.to_string().contains(bad[0]), "{err}");
         }
+    }
+
+    /// The LL flags: off by default, on with --ll or --feed; a segment must
+    /// be a whole number of parts.
+    #[test]
+    fn ll_flags() {
+        let parse = |extra: &[&str]| {
+            let mut v = vec!["mlcache-origin", "--token", "t"];
+            v.extend_from_slice(extra);
+            OriginArgs::try_parse_from(v).unwrap().into_config()
+        };
+        assert!(parse(&[]).unwrap().ll.is_none());
+        let ll = parse(&["--ll"]).unwrap().ll.unwrap();
+        assert_eq!(ll.feed, Feed::Lavfi);
+        assert_eq!(
+            (ll.part, ll.segment, ll.window),
+            (Duration::from_millis(200), Duration::from_secs(1), 10)
+        );
+        let ll = parse(&[
+            "--feed",
+            "-",
+            "--segment-duration",
+            "2s",
+            "--part-duration",
+            "250ms",
+        ])
+        .unwrap()
+        .ll
+        .unwrap();
+        assert_eq!(ll.feed, Feed::Stdin);
+        assert_eq!(ll.segment, Duration::from_secs(2));
+        assert!(parse(&[
+            "--ll",
+            "--segment-duration",
+            "1s",
+            "--part-duration",
+            "300ms"
+        ])
+        .is_err());
+        assert!(parse(&["--ll", "--part-duration", "10ms"]).is_err());
+        assert!(parse(&["--ll", "--ll-window", "1"]).is_err());
     }
 }

@@ -95,6 +95,10 @@ pub(super) fn media_playlist(t: &Timeline, skip: bool) -> String {
             skipped = 0;
         }
         before_end -= s.duration;
+        if !s.complete && s.parts.is_empty() {
+            // Started, but nothing to list yet: no dangling tags.
+            continue;
+        }
         if let Some(w) = t.wall(s.start) {
             let _ = writeln!(o, "#EXT-X-PROGRAM-DATE-TIME:{}", iso(w));
         }

@@ -380,7 +380,7 @@ pub(super) mod tests {
             bytes: Bytes::from(format!("frame{n};")),
             base_time: n * 512,
             duration: 512,
-            keyframe: n % gop == 0,
+            keyframe: n.is_multiple_of(gop),
             samples: 1,
         })
     }
