@@ -266,7 +266,10 @@ fn per_key(
 ) -> (Vec<u64>, u64) {
     let mut unsure = 0;
     let mut out = Vec::new();
-    for (k, i) in keys.iter().filter(|(_, i)| i.kind == kind && i.relay_in_window) {
+    for (k, i) in keys
+        .iter()
+        .filter(|(_, i)| i.kind == kind && i.relay_in_window)
+    {
         if i.control_unsure > 0 {
             unsure += 1;
             continue;
