@@ -1,5 +1,7 @@
 //! mlcache-loadgen: simulated live and VOD viewers, and the one-command demo.
 //!
+//! `hls` drives LL-HLS players (blocking playlist reloads, preload-hinted
+//! parts) through relays against a control group on the origin.
 //! `live` drives viewers at the live edge and reports the added glass-to-glass
 //! delay against a control group on the origin. `vod` drives a Zipf workload.
 //! `demo` starts origin → relay A → relay B as child processes and runs
@@ -12,6 +14,7 @@
 pub mod attack;
 pub mod child;
 pub mod demo;
+pub mod hls;
 pub mod live;
 pub mod net;
 pub mod report;

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mlcache_loadgen::attack::{self, AttackArgs};
 use mlcache_loadgen::demo::{self, DemoOpts};
+use mlcache_loadgen::hls::{self, HlsGroup, HlsOpts};
 use mlcache_loadgen::live::{self, Group, LiveOpts};
 use mlcache_loadgen::vod::{self, VodOpts};
 use tokio_util::sync::CancellationToken;
@@ -34,6 +35,42 @@ fn relay_arg(s: &str) -> Result<RelayArg, String> {
         addr: a.parse().map_err(|e| format!("relay address {a:?}: {e}"))?,
         viewers: n,
     })
+}
+
+/// An LL-HLS relay target: `ADDR` (players use the relay's path form,
+/// `http://ADDR/mlcache/ORIGIN/...`) or a URL prefix `http://ADDR/...` the
+/// origin's paths are appended to; either with `=PLAYERS`.
+#[derive(Debug, Clone)]
+struct HlsRelayArg {
+    target: SocketAddr,
+    /// `None`: the path form, built once the origin is known.
+    prefix: Option<String>,
+    players: Option<usize>,
+}
+
+fn hls_relay_arg(s: &str) -> Result<HlsRelayArg, String> {
+    let (t, players) = match s.rsplit_once('=') {
+        Some((t, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+            (t, Some(n.parse::<usize>().map_err(|e| e.to_string())?))
+        }
+        _ => (s, None),
+    };
+    if let Some(rest) = t.strip_prefix("http://") {
+        let auth = rest.split('/').next().unwrap_or("");
+        Ok(HlsRelayArg {
+            target: auth
+                .parse()
+                .map_err(|e| format!("relay address {auth:?}: {e}"))?,
+            prefix: Some(t.trim_end_matches('/').to_string()),
+            players,
+        })
+    } else {
+        Ok(HlsRelayArg {
+            target: t.parse().map_err(|e| format!("relay address {t:?}: {e}"))?,
+            prefix: None,
+            players,
+        })
+    }
 }
 
 #[derive(Parser)]
@@ -95,6 +132,56 @@ enum Cmd {
         /// Skip the loopback throughput probe.
         #[arg(long = "no-probe")]
         no_probe: bool,
+        /// Write the full results here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// LL-HLS players (blocking playlist reloads, preload-hinted parts, as
+    /// hls.js in low-latency mode) against running relays, with a control
+    /// group on the origin.
+    Hls {
+        /// The origin (head end) address.
+        #[arg(long)]
+        origin: SocketAddr,
+        /// A relay, in hop order from the origin: ADDR (path form) or a URL
+        /// prefix http://ADDR/..., either with =PLAYERS (repeatable).
+        #[arg(long, value_parser = hls_relay_arg, required = true)]
+        relay: Vec<HlsRelayArg>,
+        /// Players, split over relays given without =PLAYERS.
+        #[arg(long, default_value_t = 1000)]
+        players: usize,
+        /// Control players on the origin.
+        #[arg(long, default_value_t = 20)]
+        control: usize,
+        /// Path of the multivariant (or media) playlist on the origin.
+        #[arg(long, default_value = "/ll/master.m3u8")]
+        path: String,
+        /// Pids of the relays, in the same order, to report their CPU and RSS.
+        #[arg(long = "relay-pid")]
+        relay_pid: Vec<u32>,
+        /// Measured duration (after the ramp and the catch-up to the edge).
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Ramp-up time.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        ramp: Duration,
+        /// Players share HTTP/2 connections (as browsers do) instead of two
+        /// HTTP/1.1 connections each.
+        #[arg(long)]
+        h2: bool,
+        /// Players per HTTP/2 connection.
+        #[arg(long = "per-conn", default_value_t = 100)]
+        per_conn: usize,
+        /// Source addresses 127.0.0.1..N (0 = as many as needed).
+        #[arg(long, default_value_t = 0)]
+        sources: usize,
+        /// Do not fetch EXT-X-PRELOAD-HINT parts ahead (hls.js 1.7 does not).
+        #[arg(long = "no-preload-hint")]
+        no_preload_hint: bool,
+        /// Exit 1 unless there were no errors or stalls and one origin
+        /// request per part and per playlist version.
+        #[arg(long)]
+        check: bool,
         /// Write the full results here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -220,6 +307,70 @@ async fn main() -> anyhow::Result<()> {
             let report = live::run(opts, ctrl_c()).await?;
             print!("{}", report.table());
             write_json(&json, &report)?;
+        }
+        Cmd::Hls {
+            origin,
+            relay,
+            players,
+            control,
+            path,
+            relay_pid,
+            duration,
+            ramp,
+            h2,
+            per_conn,
+            sources,
+            no_preload_hint,
+            check,
+            json,
+        } => {
+            let unsplit = relay.iter().filter(|r| r.players.is_none()).count().max(1);
+            let mut groups = vec![HlsGroup {
+                name: "control (origin)".into(),
+                target: origin,
+                prefix: format!("http://{origin}"),
+                via_relay: false,
+                players: control.max(1),
+                pid: None,
+            }];
+            for (i, r) in relay.iter().enumerate() {
+                groups.push(HlsGroup {
+                    name: format!(
+                        "relay {} ({} hop{})",
+                        r.target,
+                        i + 1,
+                        if i == 0 { "" } else { "s" }
+                    ),
+                    target: r.target,
+                    prefix: r
+                        .prefix
+                        .clone()
+                        .unwrap_or_else(|| format!("http://{}/mlcache/{origin}", r.target)),
+                    via_relay: true,
+                    players: r.players.unwrap_or(players / unsplit),
+                    pid: relay_pid.get(i).copied(),
+                });
+            }
+            let opts = HlsOpts {
+                origin,
+                path,
+                groups,
+                duration,
+                ramp,
+                h2,
+                per_h2_conn: per_conn,
+                sources,
+                preload_hint: !no_preload_hint,
+                head_timeout: Duration::from_secs(10),
+                request_timeout: Duration::from_secs(20),
+            };
+            let report = hls::run(opts, ctrl_c()).await?;
+            print!("{}", report.table());
+            write_json(&json, &report)?;
+            if check && !report.passed() {
+                eprintln!("hls: not every expectation was met");
+                std::process::exit(1);
+            }
         }
         Cmd::Attack(args) => {
             let (json, no_fail) = (args.json.clone(), args.no_fail);
