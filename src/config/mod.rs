@@ -128,7 +128,8 @@ pub struct Config {
     #[arg(long, env = "MLCACHE_SEND_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, help_heading = TIMEOUTS)]
     #[serde(with = "humantime_serde")]
     pub send_timeout: Duration,
-    /// Freshness of a 200 without Cache-Control.
+    /// Freshness of a 200 without Cache-Control or Expires (at most: with
+    /// Last-Modified, a tenth of its age).
     #[arg(long, env = "MLCACHE_DEFAULT_TTL", default_value = "60s", value_parser = humantime::parse_duration, help_heading = CACHE)]
     #[serde(with = "humantime_serde")]
     pub default_ttl: Duration,

@@ -48,3 +48,14 @@ pub(super) fn apparent_age(date: SystemTime, now: SystemTime) -> Duration {
     let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     Duration::from_secs(secs(now).saturating_sub(secs(date))).min(MAX_DELTA)
 }
+
+/// The heuristic lifetime of a response that states none (RFC 9111
+/// §4.2.2): a tenth of the time since `Last-Modified`, the figure browsers
+/// and common caches use. A live playlist that a plain web server rewrote a
+/// moment ago is thus fresh for (almost) nothing, while a segment written
+/// minutes ago keeps for a while. `None` without one valid `Last-Modified`
+/// at or before `date`.
+pub(super) fn heuristic_lifetime(headers: &HeaderMap, date: SystemTime) -> Option<Duration> {
+    let modified = single_date(headers, http::header::LAST_MODIFIED).ok()??;
+    Some(date.duration_since(modified).ok()? / 10)
+}

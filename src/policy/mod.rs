@@ -29,7 +29,10 @@
 //!   else `Expires` minus `Date` (`Date` missing or invalid: the time the
 //!   response was received), else the status default. `Expires` is ignored
 //!   when either directive is present, as §5.3 requires. An invalid `Expires`
-//!   (including `0`) means "already expired".
+//!   (including `0`) means "already expired". With none of these, a tenth of
+//!   the time since `Last-Modified` (§4.2.2's heuristic), capped by the
+//!   status default: a plain web server's live playlist, rewritten a moment
+//!   ago, is then not kept, while its old segments are.
 //! - **Invalid freshness information is stale** (§4.2.1, §1.2.2): a `max-age`
 //!   or `s-maxage` without a value, with anything but digits (a sign, a
 //!   fraction, garbage after it), or given twice with different values, and
@@ -65,7 +68,7 @@ use http::{HeaderMap, StatusCode};
 
 pub use dates::age_field;
 
-use dates::{apparent_age, single_date};
+use dates::{apparent_age, heuristic_lifetime, single_date};
 use directives::CacheControl;
 
 /// The largest delta-seconds value the policy represents (RFC 9111 §1.2.2):
@@ -143,7 +146,7 @@ impl Policy {
                 // An invalid Expires is already expired (§5.3).
                 Ok(Some(expires)) => expires.duration_since(date).unwrap_or(Duration::ZERO),
                 Ok(None) if headers.contains_key(http::header::EXPIRES) => Duration::ZERO,
-                Ok(None) => fallback,
+                Ok(None) => heuristic_lifetime(headers, date).map_or(fallback, |h| h.min(fallback)),
             },
         }
         .min(MAX_DELTA);

@@ -242,3 +242,30 @@ fn expires_is_honoured() {
     );
     assert_eq!(p.ttl, secs(5));
 }
+
+#[test]
+fn without_a_lifetime_last_modified_gives_a_heuristic_one() {
+    // Rewritten 3 s ago (a live playlist on nginx): fresh for 0.3 s.
+    let p = pol(200, &[("date", &date(0)), ("last-modified", &date(-3))]);
+    assert_eq!((p.store, p.ttl), (true, Duration::from_millis(300)));
+    // Rewritten within the same second: not stored at all.
+    let p = pol(200, &[("date", &date(0)), ("last-modified", &date(0))]);
+    assert!(!p.store);
+    // Old: capped by the default.
+    let p = pol(
+        200,
+        &[("date", &date(0)), ("last-modified", &date(-86_400))],
+    );
+    assert_eq!(p.ttl, secs(60));
+    // An explicit lifetime wins; a Last-Modified in the future or garbage
+    // falls back to the default.
+    let p = pol(
+        200,
+        &[("cache-control", "max-age=5"), ("last-modified", &date(-3))],
+    );
+    assert_eq!(p.ttl, secs(5));
+    let p = pol(200, &[("date", &date(0)), ("last-modified", &date(30))]);
+    assert_eq!(p.ttl, secs(60));
+    let p = pol(200, &[("last-modified", "yesterday")]);
+    assert_eq!(p.ttl, secs(60));
+}

@@ -28,7 +28,11 @@ pub fn ready() -> bool {
 fn install() {
     static ONCE: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
     let mut done = ONCE.lock().unwrap_or_else(|e| e.into_inner());
-    if *done || dir().join("node_modules/puppeteer-core/package.json").exists() {
+    if *done
+        || dir()
+            .join("node_modules/puppeteer-core/package.json")
+            .exists()
+    {
         *done = true;
         return;
     }

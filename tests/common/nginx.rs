@@ -117,6 +117,9 @@ impl Nginx {
         let port = free_port();
         let access_log = w.join("access.log");
         let error_log = w.join("error.log");
+        // Segments never change once written, so they say so, as an
+        // operator's config would (docs/players.md); the playlist says
+        // nothing and gets the relay's heuristic lifetime.
         // As root, nginx would switch to `nobody` for workers only with a
         // master process; with none it serves as the user that started it.
         let conf = format!(
@@ -128,7 +131,9 @@ impl Nginx {
              fastcgi_temp_path {w}/fastcgi;\n  uwsgi_temp_path {w}/uwsgi;\n  scgi_temp_path {w}/scgi;\n\
              keepalive_requests 100000;\n\
              server {{\n    listen 127.0.0.1:{port};\n    root {root};\n\
-             add_header Access-Control-Allow-Origin *;\n  }}\n}}\n",
+             add_header Access-Control-Allow-Origin *;\n\
+             location ~ \\.(m4s|mp4|ts)$ {{\n      add_header Access-Control-Allow-Origin *;\n\
+             add_header Cache-Control \"max-age=60\";\n    }}\n  }}\n}}\n",
             w = w.display(),
             err = error_log.display(),
             acc = access_log.display(),
