@@ -13,7 +13,7 @@
 # is stopped by its pid when the script exits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=target/release
+BIN=${BIN:-target/release}
 PLAYERS=${1:?usage: benches/hls.sh PLAYERS_ON_B [loadgen flags]}
 shift
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/mlcache-hls.XXXXXX")

@@ -37,7 +37,7 @@ const WARM_UP: Duration = Duration::from_secs(40);
 fn ll_origin() -> TestProcess {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mlcache-origin"));
     cmd.args(["--listen", "127.0.0.1:0", "--plaintext", "--token", "t"])
-        .args(["--ll", "--feed", "lavfi"]);
+        .args(["--ll", "--feed", "lavfi", "--ll-size", "320x180"]);
     TestProcess::start(cmd, false)
 }
 
@@ -174,7 +174,8 @@ fn assert_latency(tabs: &[Tab], within: f64) -> (f64, f64) {
     eprintln!("live latency: direct {direct:.2} s, through two relays {relays:.2} s");
     assert!(
         relays - direct <= within,
-        "latency through relays {relays:.2} s vs direct {direct:.2} s"
+        "latency through relays {relays:.2} s vs direct {direct:.2} s: {:#?}",
+        tabs.iter().map(|t| &t.raw).collect::<Vec<_>>()
     );
     (relays, direct)
 }

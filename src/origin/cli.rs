@@ -120,6 +120,10 @@ pub struct OriginArgs {
     /// Frame rate of the lavfi feed.
     #[arg(long = "ll-fps", default_value_t = 25)]
     pub ll_fps: u32,
+    /// Picture size of the lavfi feed, WIDTHxHEIGHT (tests use a small one:
+    /// every player window decodes it).
+    #[arg(long = "ll-size", default_value = "640x360")]
+    pub ll_size: String,
 }
 
 impl OriginArgs {
@@ -220,6 +224,14 @@ fn ll_config(a: &OriginArgs) -> Result<LlConfig, String> {
     if a.ll_window < 3 {
         return Err("--ll-window must be at least 3 segments".into());
     }
+    let size = a
+        .ll_size
+        .split_once('x')
+        .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)))
+        .filter(|&(w, h)| {
+            (16..=3840).contains(&w) && (16..=2160).contains(&h) && w % 2 == 0 && h % 2 == 0
+        })
+        .ok_or("--ll-size must be WIDTHxHEIGHT, even, 16x16 to 3840x2160")?;
     Ok(LlConfig {
         feed: a.feed.clone().unwrap_or(Feed::Lavfi),
         part,
@@ -227,6 +239,7 @@ fn ll_config(a: &OriginArgs) -> Result<LlConfig, String> {
         window: a.ll_window,
         hold: a.hold,
         fps: a.ll_fps,
+        size,
     })
 }
 

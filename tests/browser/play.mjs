@@ -69,7 +69,7 @@ function serve() {
 }
 
 function summarise(s, warmupMs, windowMs) {
-  const out = { label: s.label, errors: s.errors, nonFatal: s.nonFatal, nonFatalDetails: s.nonFatalDetails, fragments: s.fragments, playing: s.started !== null };
+  const out = { label: s.label, errors: s.errors, nonFatal: s.nonFatal, nonFatalDetails: s.nonFatalDetails, stallsTotal: s.stalls, targetLatency: s.targetLatency, fragments: s.fragments, playing: s.started !== null };
   if (s.started === null) return { ...out, advance: 0, stalls: null, latency: null };
   const from = s.started + warmupMs;
   const win = s.samples.filter(([t]) => t >= from && t <= from + windowMs);

@@ -16,7 +16,8 @@ use super::{Feed, LlConfig, LlHead};
 /// keyframe at every segment start, one fragment per frame, to stdout.
 pub fn lavfi_args(cfg: &LlConfig) -> Vec<String> {
     let gop = ((cfg.segment.as_secs_f64() * f64::from(cfg.fps)).round() as u64).max(1);
-    let src = format!("testsrc2=size=640x360:rate={}", cfg.fps);
+    let (w, h) = cfg.size;
+    let src = format!("testsrc2=size={w}x{h}:rate={}", cfg.fps);
     [
         "-hide_banner",
         "-loglevel",

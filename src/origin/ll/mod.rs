@@ -78,6 +78,8 @@ pub struct LlConfig {
     pub hold: Duration,
     /// Frame rate of the spawned lavfi source.
     pub fps: u32,
+    /// Picture size (width, height) of the spawned lavfi source.
+    pub size: (u32, u32),
 }
 
 impl Default for LlConfig {
@@ -89,6 +91,7 @@ impl Default for LlConfig {
             window: 10,
             hold: Duration::from_secs(5),
             fps: 25,
+            size: (640, 360),
         }
     }
 }
