@@ -328,6 +328,35 @@ async fn parent_5xx_tries_the_origin_without_marking_down() {
     let (resp, source) = fetch(&up, &origin, "/fine").await.unwrap();
     assert_eq!(source, Source::Parent(0));
     assert_eq!(body(resp).await, "parent");
+    // A 5xx the parent relayed from the origin (it carries the parent's
+    // Via) is the origin's answer: final, not a reason to bypass the tree.
+    let relaying = H2Parent::start(|_, _, _| {
+        Reply::Answer(
+            Response::builder()
+                .status(503)
+                .header("via", "1.1 mlcache-parent")
+                .header("cache-control", "no-store")
+                .body(Full::new(Bytes::from_static(b"origin gave up")))
+                .unwrap(),
+        )
+    })
+    .await;
+    let (up, m2) = upstream(&[&relaying.url], Duration::from_secs(5));
+    let before = origin.requests().len();
+    let (resp, source) = fetch(&up, &origin, "/ll/media.m3u8?_HLS_msn=9")
+        .await
+        .unwrap();
+    assert_eq!(
+        (resp.status(), source),
+        (StatusCode::SERVICE_UNAVAILABLE, Source::Parent(0))
+    );
+    assert_eq!(body(resp).await, "origin gave up");
+    assert_eq!(
+        origin.requests().len(),
+        before,
+        "the origin was asked again"
+    );
+    assert_eq!(count(&m2, "parent", "status_5xx"), 0);
     // A 404 is an answer, not a failure.
     let parent404 = H2Parent::start(|_, _, _| answer(404, "")).await;
     let (up, _) = upstream(&[&parent404.url], Duration::from_secs(5));

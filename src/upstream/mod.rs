@@ -22,8 +22,11 @@
 //!   tried. A failure on a *reused* connection first reconnects once: a
 //!   pooled connection the peer has just closed is not evidence that the
 //!   peer is down.
-//! - **A parent's 5xx** (502, 503, 504, 508 loop, any 5xx: docs/protocol.md)
-//!   tries the next source without marking the parent down: it answered.
+//! - **A parent's own 5xx** (502, 503, 504, 508 loop, any 5xx it made
+//!   itself: docs/protocol.md) tries the next source without marking the
+//!   parent down: it answered. A 5xx the parent relayed (it carries a `Via`:
+//!   relays add theirs to every response they pass on, never to their own
+//!   errors) is the origin's answer and final, like any other answer.
 //!   So do a stream the parent reset and a response head the relay refused
 //!   (over [`UpstreamLimits::max_head`], or malformed).
 //! - **No head within `--upstream-hold`** (a slow long-poll) never marks the
@@ -204,7 +207,13 @@ impl Upstream {
                 continue;
             }
             let failure = match self.ask_parent(parent, key, via).await {
-                Ok(resp) if resp.status().is_server_error() => Failure::Status(resp.status()),
+                // A 5xx the parent relayed from further up (it carries a
+                // `Via`) is the origin's final answer, e.g. an LL-HLS head
+                // end's 503 for a blocking reload it gave up on: asking the
+                // origin again directly would only bypass the tree.
+                Ok(resp) if resp.status().is_server_error() && !relayed(&resp) => {
+                    Failure::Status(resp.status())
+                }
                 Ok(resp) => return Ok((resp, Source::Parent(i))),
                 Err(f) => f,
             };
@@ -237,4 +246,11 @@ impl Upstream {
                 }
             })
     }
+}
+
+/// Whether a parent's response was passed on from further up (a relay
+/// appends its `Via` entry to every response it relays, and to none it makes
+/// itself).
+fn relayed<B>(resp: &Response<B>) -> bool {
+    resp.headers().contains_key(http::header::VIA)
 }
