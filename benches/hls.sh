@@ -16,23 +16,8 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release}
 PLAYERS=${1:?usage: benches/hls.sh PLAYERS_ON_B [loadgen flags]}
 shift
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/mlcache-hls.XXXXXX")
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-# Waits (bounded) for `listening ADDR` in $WORK/NAME.out and prints ADDR.
-addr() {
-    for _ in $(seq 1 100); do
-        grep -q '^listening' "$WORK/$1.out" 2>/dev/null && break
-        sleep 0.1
-    done
-    awk '/^listening/{print $2; exit}' "$WORK/$1.out"
-}
+. benches/lib.sh
+bench_init hls
 
 $BIN/mlcache-origin --listen 127.0.0.1:0 --ll >"$WORK/origin.out" 2>"$WORK/origin.err" &
 PIDS+=($!)

@@ -17,23 +17,8 @@ cd "$(dirname "$0")/.."
 BIN=target/release
 SECONDS_=${1:-60}
 TABS=${2:-2}
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/mlcache-players.XXXXXX")
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-# Waits (bounded) for `WHAT ADDR` in $WORK/NAME.out and prints ADDR.
-addr() {
-    for _ in $(seq 1 200); do
-        grep -q "^$2 " "$WORK/$1.out" 2>/dev/null && break
-        sleep 0.1
-    done
-    awk -v w="$2" '$1==w{print $2; exit}' "$WORK/$1.out"
-}
+. benches/lib.sh
+bench_init players
 
 # A throwaway CA and a certificate for 127.0.0.1 (not a self-signed leaf:
 # rustls refuses a CA certificate used as a server's).

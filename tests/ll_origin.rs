@@ -16,12 +16,9 @@ use hyper_util::rt::TokioIo;
 /// How long a freshly spawned ffmpeg may take to produce its first segments.
 const WARM_UP: Duration = Duration::from_secs(30);
 
-/// `mlcache-origin --ll` on an ephemeral port with `args`.
+/// `mlcache-origin` on an ephemeral port with `args`.
 fn origin(args: &[&str]) -> TestProcess {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mlcache-origin"));
-    cmd.args(["--listen", "127.0.0.1:0", "--plaintext", "--token", "t"])
-        .args(args);
-    TestProcess::start(cmd, false)
+    TestProcess::origin(args)
 }
 
 async fn get(addr: SocketAddr, path: &str) -> common::Got {
@@ -71,17 +68,9 @@ async fn warm(addr: SocketAddr, segments: usize) -> String {
 fn probe_frames(name: &str, bytes: &[u8]) -> u64 {
     let path = std::env::temp_dir().join(format!("mlcache-ll-{}-{name}.mp4", std::process::id()));
     std::fs::write(&path, bytes).unwrap();
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
-        .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
-        .arg(&path)
-        .output()
-        .expect("ffprobe is installed");
+    let n = common::nginx::ffprobe_frames(&path);
     let _ = std::fs::remove_file(&path);
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0)
+    n
 }
 
 /// Blocking reload, preload-hinted parts, far-ahead refusals, parts adding up

@@ -33,12 +33,38 @@ static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// How long a freshly spawned ffmpeg may take to produce segments.
 const WARM_UP: Duration = Duration::from_secs(40);
 
-/// `mlcache-origin --ll` (LL-HLS and LL-DASH from its own ffmpeg).
+/// `mlcache-origin --ll` (LL-HLS and LL-DASH from its own ffmpeg), at a
+/// small picture size: every player window decodes it.
 fn ll_origin() -> TestProcess {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mlcache-origin"));
-    cmd.args(["--listen", "127.0.0.1:0", "--plaintext", "--token", "t"])
-        .args(["--ll", "--feed", "lavfi", "--ll-size", "320x180"]);
-    TestProcess::start(cmd, false)
+    TestProcess::origin(&["--ll", "--feed", "lavfi", "--ll-size", "320x180"])
+}
+
+/// The LL head end, a twin for the direct players, and relays A → B in
+/// front of the first, once both origins list `segments` segments.
+struct LlRig {
+    origin: TestProcess,
+    twin: TestProcess,
+    tree: Tree,
+}
+
+impl LlRig {
+    async fn start() -> LlRig {
+        let origin = ll_origin();
+        let twin = ll_origin();
+        let tree = Tree::start(&format!("http://{}", origin.addr), &[]);
+        warm(origin.addr, 2).await;
+        warm(twin.addr, 2).await;
+        LlRig { origin, twin, tree }
+    }
+
+    /// The player URLs for `path`: through both relays, and direct to the
+    /// twin.
+    fn urls(&self, path: &str) -> (String, String) {
+        (
+            self.tree.url(self.origin.addr, path),
+            format!("http://{}{path}", self.twin.addr),
+        )
+    }
 }
 
 async fn get(addr: SocketAddr, path: &str) -> common::Got {
@@ -204,11 +230,9 @@ async fn hls_js_plays_ll_hls_through_two_https_relays() {
         return;
     }
     let _heavy = HEAVY.lock().await;
-    let origin = ll_origin();
-    let twin = ll_origin();
-    let tree = Tree::start(&format!("http://{}", origin.addr), &[]);
-    warm(origin.addr, 2).await;
-    warm(twin.addr, 2).await;
+    let rig = LlRig::start().await;
+    let (relay_url, direct_url) = rig.urls("/ll/master.m3u8");
+    let (origin, tree) = (&rig.origin, &rig.tree);
 
     // 200 simulated LL-HLS players on B's clear port (and 5 control players
     // on the origin) watch with the browsers, for longer than they do.
@@ -232,8 +256,6 @@ async fn hls_js_plays_ll_hls_through_two_https_relays() {
         .output();
     let loadgen = tokio::spawn(loadgen);
 
-    let relay_url = tree.url(origin.addr, "/ll/master.m3u8");
-    let direct_url = format!("http://{}/ll/master.m3u8", twin.addr);
     let tabs = play(Play {
         player: "hls",
         srcs: srcs(5, &relay_url, 1, &direct_url),
@@ -292,15 +314,10 @@ async fn dash_js_plays_ll_dash_through_two_https_relays() {
         return;
     }
     let _heavy = HEAVY.lock().await;
-    let origin = ll_origin();
-    let twin = ll_origin();
-    let tree = Tree::start(&format!("http://{}", origin.addr), &[]);
-    warm(origin.addr, 2).await;
-    warm(twin.addr, 2).await;
+    let rig = LlRig::start().await;
+    let origin = &rig.origin;
+    let (relay_url, direct_url) = rig.urls("/dash/manifest.mpd");
     let before = origin_requests(origin.addr).await;
-
-    let relay_url = tree.url(origin.addr, "/dash/manifest.mpd");
-    let direct_url = format!("http://{}/dash/manifest.mpd", twin.addr);
     let tabs = play(Play {
         player: "dash",
         srcs: srcs(3, &relay_url, 1, &direct_url),
@@ -415,22 +432,6 @@ async fn hls_js_plays_a_plain_nginx_origin_made_live_by_hold_404() {
     assert!(hls.alive());
 }
 
-/// Frames ffprobe decodes from a file.
-fn frames(path: &std::path::Path) -> u64 {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
-        .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
-        .arg(path)
-        .output()
-        .expect("run ffprobe");
-    assert!(out.status.success(), "ffprobe {path:?}: {out:?}");
-    // MPEG-TS may list the stream under more than one program: one line each.
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vlc_and_ffmpeg_play_hls_through_the_relays() {
     if !nginx::require(&["ffmpeg", "ffprobe", "cvlc"]) {
@@ -463,7 +464,7 @@ async fn vlc_and_ffmpeg_play_hls_through_the_relays() {
         .output()
         .expect("run ffmpeg");
     assert!(ffmpeg.status.success(), "ffmpeg: {ffmpeg:?}");
-    let n = frames(&ffmpeg_out);
+    let n = nginx::ffprobe_frames(&ffmpeg_out);
     eprintln!("ffmpeg wrote {n} frames through the relays");
     assert!(n >= 90, "ffmpeg wrote {n} frames");
 
@@ -490,7 +491,7 @@ async fn vlc_and_ffmpeg_play_hls_through_the_relays() {
         .output()
         .expect("run cvlc");
     assert!(run.status.success(), "cvlc: {run:?}");
-    let n = frames(&vlc_out);
+    let n = nginx::ffprobe_frames(&vlc_out);
     eprintln!("VLC wrote {n} frames through the relays");
     assert!(n >= 100, "VLC wrote {n} frames");
 }

@@ -256,6 +256,15 @@ impl TestProcess {
         }
     }
 
+    /// `mlcache-origin --listen 127.0.0.1:0 --plaintext --token t ARGS`
+    /// (e.g. `--ll` for the LL-HLS / LL-DASH head end).
+    pub fn origin(args: &[&str]) -> TestProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mlcache-origin"));
+        cmd.args(["--listen", "127.0.0.1:0", "--plaintext", "--token", "t"])
+            .args(args);
+        Self::start(cmd, false)
+    }
+
     /// Its admin address (it was started with `--admin`).
     pub fn admin(&self) -> SocketAddr {
         self.admin.expect("started with --admin")

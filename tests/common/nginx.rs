@@ -304,3 +304,19 @@ pub fn segments(playlist: &str) -> Vec<(u64, String)> {
     }
     out
 }
+
+/// Video frames ffprobe decodes from the file at `path` (0 if none).
+pub fn ffprobe_frames(path: &Path) -> u64 {
+    let out = Command::new(find("ffprobe").expect("ffprobe installed (see require)"))
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .expect("run ffprobe");
+    assert!(out.status.success(), "ffprobe {path:?}: {out:?}");
+    // MPEG-TS may list the stream under more than one program: one line each.
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.trim().parse().ok())
+        .unwrap_or(0)
+}
