@@ -33,10 +33,19 @@ static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// How long a freshly spawned ffmpeg may take to produce segments.
 const WARM_UP: Duration = Duration::from_secs(40);
 
-/// `mlcache-origin --ll` (LL-HLS and LL-DASH from its own ffmpeg), at a
-/// small picture size: every player window decodes it.
+/// `mlcache-origin --ll` (LL-HLS and LL-DASH from its own ffmpeg), small
+/// and at 10 fps (two frames per 200 ms part): six player windows decode it
+/// on two cores beside the relays, the loadgen and two encoders.
 fn ll_origin() -> TestProcess {
-    TestProcess::origin(&["--ll", "--feed", "lavfi", "--ll-size", "320x180"])
+    TestProcess::origin(&[
+        "--ll",
+        "--feed",
+        "lavfi",
+        "--ll-size",
+        "320x180",
+        "--ll-fps",
+        "10",
+    ])
 }
 
 /// The LL head end, a twin for the direct players, and relays A → B in
