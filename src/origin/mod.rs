@@ -211,7 +211,7 @@ pub async fn start(cfg: OriginConfig) -> std::io::Result<OriginHandle> {
     let authority = cfg.authority.clone().unwrap_or_else(|| addr.to_string());
     let bind_authority = crate::manifest::canonical_authority(&authority)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let ll = cfg.ll.clone().map(ll::LlHead::new);
+    let ll = cfg.ll.clone().map(|c| ll::LlHead::new(c, &authority));
     let state = Arc::new(State {
         ll,
         bind_authority,

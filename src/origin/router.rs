@@ -39,10 +39,16 @@ pub(super) async fn handle(state: Arc<State>, req: Request<Incoming>, tls: bool)
     let path = req.uri().path().to_string();
     if path.starts_with("/manifest/") || path.starts_with("/keys/") {
         if !tls {
-            return text(
+            tracing::info!(%path, "API request over clear HTTP refused");
+            let mut r = text(
                 StatusCode::FORBIDDEN,
                 "manifests and keys are served over HTTPS only\n",
             );
+            r.headers_mut().insert(
+                http::header::CACHE_CONTROL,
+                HeaderValue::from_static("no-store"),
+            );
+            return r;
         }
         return api::answer(&state, &req);
     }
