@@ -123,7 +123,13 @@ fn keyed(playlist: &str) -> Vec<Keyed> {
     for line in playlist.lines() {
         if let Some(attrs) = line.strip_prefix("#EXT-X-KEY:") {
             assert!(attrs.starts_with("METHOD=AES-128,"), "{line}");
-            let uri = attrs.split("URI=\"").nth(1).unwrap().split('"').next().unwrap();
+            let uri = attrs
+                .split("URI=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap();
             let iv = attrs.split("IV=0x").nth(1).expect("explicit IV");
             let iv = u128::from_str_radix(iv, 16).expect("hex IV").to_be_bytes();
             out.push(Keyed {
@@ -149,7 +155,7 @@ fn keyed(playlist: &str) -> Vec<Keyed> {
 /// AES-128-CBC decryption with PKCS#7 checked (the test's own, from the
 /// block cipher, so the origin's encryptor is not trusted to check itself).
 fn open(key: &[u8], iv: &[u8; 16], c: &[u8]) -> Option<Vec<u8>> {
-    if c.is_empty() || c.len() % 16 != 0 {
+    if c.is_empty() || !c.len().is_multiple_of(16) {
         return None;
     }
     let cipher = aes::Aes128::new_from_slice(key).ok()?;
@@ -237,10 +243,16 @@ async fn relays_carry_ciphertext_and_keys_need_https_and_the_token() {
     let keys = keyed(&playlist);
     assert!(keys.len() >= 3, "{playlist}");
     for k in &keys {
-        assert!(k.uri.starts_with(&format!("https://{o}/keys/hls/")), "{k:?}");
+        assert!(
+            k.uri.starts_with(&format!("https://{o}/keys/hls/")),
+            "{k:?}"
+        );
     }
     let init = get(o, "/ll/init.mp4").await;
-    assert!(starts_with_box(init.bytes(), b"ftyp"), "the init segment is clear");
+    assert!(
+        starts_with_box(init.bytes(), b"ftyp"),
+        "the init segment is clear"
+    );
 
     // The key: only over TLS, only with the token, never stored.
     let k0 = &keys[0].uri[format!("https://{o}").len()..];
@@ -268,15 +280,22 @@ async fn relays_carry_ciphertext_and_keys_need_https_and_the_token() {
     assert_eq!(pre.headers["access-control-allow-headers"], "authorization");
     assert_eq!(pre.headers["access-control-allow-origin"], "*");
     // No clear copy of the media: LL-DASH is off.
-    assert_eq!(get(o, "/dash/manifest.mpd").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        get(o, "/dash/manifest.mpd").await.status,
+        StatusCode::NOT_FOUND
+    );
 
     // Through the relays: the same playlist keys (at the origin, not B),
     // and parts and segments that are ciphertext, byte for byte what the
     // origin made, opening with the key to moof boxes.
-    let via_b = h1(tree.b.addr, path_get(o, "/ll/media.m3u8")).await.unwrap();
+    let via_b = h1(tree.b.addr, path_get(o, "/ll/media.m3u8"))
+        .await
+        .unwrap();
     assert_eq!(via_b.status, StatusCode::OK);
     let keys_b = keyed(&String::from_utf8_lossy(via_b.bytes()));
-    assert!(keys_b.iter().all(|k| k.uri.starts_with(&format!("https://{o}/"))));
+    assert!(keys_b
+        .iter()
+        .all(|k| k.uri.starts_with(&format!("https://{o}/"))));
     let mut checked = 0;
     let mut key_cache: HashMap<String, Vec<u8>> = HashMap::new();
     for k in keys_b.iter().rev().take(3) {
@@ -299,7 +318,11 @@ async fn relays_carry_ciphertext_and_keys_need_https_and_the_token() {
             assert_eq!(c.len() % 16, 0, "{p}: {} bytes", c.len());
             assert!(!starts_with_box(c, b"moof"), "{p} is clear fMP4");
             let plain = open(key, &k.iv, c).unwrap_or_else(|| panic!("{p} does not open"));
-            assert!(starts_with_box(&plain, b"moof"), "{p} opened to {:?}", &plain[..8]);
+            assert!(
+                starts_with_box(&plain, b"moof"),
+                "{p} opened to {:?}",
+                &plain[..8]
+            );
             assert_ne!(&plain[..16], &c[..16]);
             checked += 1;
         }
@@ -313,7 +336,9 @@ async fn relays_carry_ciphertext_and_keys_need_https_and_the_token() {
     assert_ne!(via.body.as_ref().map(|b| b.len()).unwrap_or(0), 16);
     let counts = key_requests(o).await;
     assert!(counts["http 403"] >= 2, "{counts:?}");
-    assert!(!counts.keys().any(|k| k.starts_with("http ") && k != "http 403"));
+    assert!(!counts
+        .keys()
+        .any(|k| k.starts_with("http ") && k != "http 403"));
 
     // ffmpeg plays it through the relays, given the token for the key (it
     // sends the header on every request; the relays forward none upstream).
@@ -384,7 +409,13 @@ async fn hls_js_plays_encrypted_ll_hls_through_two_https_relays() {
     for t in &tabs {
         assert!(t.playing, "{} never played: {:?}", t.label, t.raw);
         assert!(t.errors.is_empty(), "{} errors: {:?}", t.label, t.raw);
-        assert!(t.advance >= 0.9, "{} advanced {:.2}: {:?}", t.label, t.advance, t.raw);
+        assert!(
+            t.advance >= 0.9,
+            "{} advanced {:.2}: {:?}",
+            t.label,
+            t.advance,
+            t.raw
+        );
         assert_eq!(t.stalls, Some(0), "{} stalled: {:?}", t.label, t.raw);
         // ≥ 20 s of playing at 3 s per key: several keys, each fetched by
         // the page with the token.
@@ -406,7 +437,43 @@ async fn hls_js_plays_encrypted_ll_hls_through_two_https_relays() {
         .filter(|k| k.starts_with("https 4"))
         .map(|k| d(k))
         .sum();
-    assert_eq!(refused, 0, "the page's key requests were refused: {after:?}");
+    assert_eq!(
+        refused, 0,
+        "the page's key requests were refused: {after:?}"
+    );
+    // Without the token the same page cannot play: the key is refused (and
+    // the refusal reaches hls.js, CORS included).
+    let url = tree.url(origin.addr, "/ll/master.m3u8");
+    let bare = tokio::task::spawn_blocking(move || {
+        browser::play(&Play {
+            player: "hls",
+            srcs: vec![("no-token".to_string(), url)],
+            tabs: 1,
+            warmup_secs: 0,
+            seconds: 3,
+            screenshot: None,
+        })
+    })
+    .await
+    .unwrap();
+    assert!(
+        !bare[0].playing,
+        "played without the key: {:?}",
+        bare[0].raw
+    );
+    assert!(
+        bare[0].errors.iter().any(|e| e.contains("keyLoadError")),
+        "{:?}",
+        bare[0].raw
+    );
+    assert!(
+        key_requests(origin.addr)
+            .await
+            .get("https 401")
+            .copied()
+            .unwrap_or(0)
+            >= 1
+    );
     // And the relays did carry the media: B fetched from A, A from the origin.
     assert!(
         common::metric(

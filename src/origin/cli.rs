@@ -358,7 +358,10 @@ mod tests {
         assert_eq!(parse(&["--ll"]).unwrap().ll.unwrap().encrypt, None);
         let ll = parse(&["--ll-encrypt"]).unwrap().ll.unwrap();
         assert_eq!(ll.encrypt, Some(10));
-        let ll = parse(&["--ll-encrypt", "--ll-key-rotation", "3"]).unwrap().ll.unwrap();
+        let ll = parse(&["--ll-encrypt", "--ll-key-rotation", "3"])
+            .unwrap()
+            .ll
+            .unwrap();
         assert_eq!(ll.encrypt, Some(3));
         assert!(parse(&["--ll-encrypt", "--ll-key-rotation", "0"]).is_err());
     }

@@ -42,7 +42,11 @@ pub(super) async fn handle(state: Arc<State>, req: Request<Incoming>, tls: bool)
     let path = req.uri().path().to_string();
     if path.starts_with("/keys/hls/") {
         let r = api_request(&state, &req, &path, tls);
-        let k = format!("{} {}", if tls { "https" } else { "http" }, r.status().as_u16());
+        let k = format!(
+            "{} {}",
+            if tls { "https" } else { "http" },
+            r.status().as_u16()
+        );
         *state.key_requests.lock().entry(k).or_default() += 1;
         return r;
     }

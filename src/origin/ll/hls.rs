@@ -213,7 +213,10 @@ mod tests {
         let t = super::super::tests::sealed_timeline(25 * 6 + 7);
         let p = media_playlist(&t, false);
         let map = p.find("#EXT-X-MAP:").unwrap();
-        assert!(map < p.find("#EXT-X-KEY:").unwrap(), "the init segment is clear");
+        assert!(
+            map < p.find("#EXT-X-KEY:").unwrap(),
+            "the init segment is clear"
+        );
         // Segments 2..=6 listed, a key every 2 segments, IV = MSN.
         for msn in 2..=6u64 {
             let tag = format!(

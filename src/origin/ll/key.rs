@@ -208,7 +208,7 @@ pub(super) mod tests {
     /// AES-128-CBC decryption with PKCS#7 checked (an independent path: the
     /// block cipher's decryption direction, not the encryptor run backwards).
     pub fn open(key: &[u8; 16], iv: &[u8; 16], c: &[u8]) -> Option<Vec<u8>> {
-        if c.is_empty() || c.len() % BLOCK != 0 {
+        if c.is_empty() || !c.len().is_multiple_of(BLOCK) {
             return None;
         }
         let cipher = Aes128::new(key.into());
@@ -264,7 +264,10 @@ pub(super) mod tests {
             assert_eq!(open(&key, &iv(3), &c).unwrap(), plain, "{n}");
             // Wrong IV: the first block is garbled.
             if n >= BLOCK {
-                assert_ne!(open(&key, &iv(4), &c).map(|p| p[..BLOCK].to_vec()), Some(plain[..BLOCK].to_vec()));
+                assert_ne!(
+                    open(&key, &iv(4), &c).map(|p| p[..BLOCK].to_vec()),
+                    Some(plain[..BLOCK].to_vec())
+                );
             }
         }
     }
@@ -307,6 +310,9 @@ pub(super) mod tests {
             k.tag(12),
             "#EXT-X-KEY:METHOD=AES-128,URI=\"https://127.0.0.1:9100/keys/hls/1\",IV=0x0000000000000000000000000000000C"
         );
-        assert!(!format!("{k:?}").contains("master"), "the master never logs");
+        assert!(
+            !format!("{k:?}").contains("master"),
+            "the master never logs"
+        );
     }
 }

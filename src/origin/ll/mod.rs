@@ -575,7 +575,10 @@ pub(super) mod tests {
             ..LlConfig::default()
         };
         let head = LlHead::new(cfg, "127.0.0.1:9");
-        assert!(head.hls_key(0).is_some(), "before the first segment: epoch 0");
+        assert!(
+            head.hls_key(0).is_some(),
+            "before the first segment: epoch 0"
+        );
         assert!(head.hls_key(1).is_none());
         head.add(init());
         for n in 0..25 * 8 + 3 {
