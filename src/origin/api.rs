@@ -5,7 +5,14 @@
 //! is built from the streams' edges and windows, or a chunk key is derived
 //! from the master secret, but only for key ids that exist (past epochs,
 //! the current one and the next).
+//!
+//! `/keys/hls/{epoch}` is the LL-HLS head end's AES-128 key (`--ll-encrypt`):
+//! the raw 16 bytes an `EXT-X-KEY` URI names, for epochs the head end still
+//! lists or is about to. Players fetch it from another origin than the page's
+//! with an `Authorization` header, so it answers the CORS preflight (without
+//! the token: a preflight carries none) and allows that header.
 
+use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 
 use super::chunk::{rotation, vod_keyid};
@@ -19,8 +26,60 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Never stored, by anyone: keys and refusals alike.
+const NO_STORE: &str = "no-store, private";
+
 /// Answers an API request: 401 without the token, else the manifest or key.
 pub(super) fn answer<B>(state: &State, req: &Request<B>) -> Response<Body> {
+    if !req.uri().path().starts_with("/keys/hls/") {
+        return answer_token(state, req);
+    }
+    let mut r = if req.method() == http::Method::OPTIONS {
+        let mut r = text(StatusCode::NO_CONTENT, "");
+        let h = r.headers_mut();
+        h.insert(
+            "access-control-allow-methods",
+            HeaderValue::from_static("GET, HEAD, OPTIONS"),
+        );
+        // `*` does not cover Authorization: it must be named.
+        h.insert(
+            "access-control-allow-headers",
+            HeaderValue::from_static("authorization"),
+        );
+        h.insert("access-control-max-age", HeaderValue::from_static("600"));
+        r
+    } else {
+        answer_token(state, req)
+    };
+    let h = r.headers_mut();
+    h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static(NO_STORE),
+    );
+    r
+}
+
+/// The LL-HLS key of `epoch` (16 raw bytes), if the head end has it.
+fn hls_key(state: &State, epoch: &str) -> Response<Body> {
+    let key = epoch
+        .parse::<u64>()
+        .ok()
+        .and_then(|e| state.ll.as_ref()?.hls_key(e));
+    let Some(key) = key else {
+        tracing::info!(epoch, "HLS key asked for an unknown epoch");
+        return text(StatusCode::NOT_FOUND, "unknown key\n");
+    };
+    let mut r = text(StatusCode::OK, Bytes::copy_from_slice(&key));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    r
+}
+
+/// The token check, then the manifest or key.
+fn answer_token<B>(state: &State, req: &Request<B>) -> Response<Body> {
     let cfg = &state.cfg;
     let presented = req
         .headers()
@@ -57,6 +116,7 @@ pub(super) fn answer<B>(state: &State, req: &Request<B>) -> Response<Body> {
         .collect();
     let unknown_key = || text(StatusCode::NOT_FOUND, "unknown key id\n");
     match parts.as_slice() {
+        ["keys", "hls", epoch] => hls_key(state, epoch),
         ["manifest", "vod"] => json(&Manifest::Vod {
             chunks: (0..cfg.vod_chunks)
                 .map(|n| ChunkRef {

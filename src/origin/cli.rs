@@ -124,6 +124,16 @@ pub struct OriginArgs {
     /// every player window decodes it).
     #[arg(long = "ll-size", default_value = "640x360")]
     pub ll_size: String,
+    /// Encrypt every LL-HLS part and segment with HLS METHOD=AES-128 (implies
+    /// --ll; the init segment stays clear). The playlist's EXT-X-KEY names
+    /// https://AUTHORITY/keys/hls/EPOCH, served only over HTTPS with the
+    /// bearer token (--token), never cacheable: relays carry ciphertext
+    /// only. LL-DASH is off (404) in this mode.
+    #[arg(long = "ll-encrypt")]
+    pub ll_encrypt: bool,
+    /// With --ll-encrypt: a new key every N segments.
+    #[arg(long = "ll-key-rotation", default_value_t = 10)]
+    pub ll_key_rotation: u64,
 }
 
 impl OriginArgs {
@@ -161,7 +171,7 @@ impl OriginArgs {
         if a.streams == 0 || chunk_size < 16 {
             return Err("--streams must be at least 1 and --chunk-size at least 16 bytes".into());
         }
-        let ll = (a.ll || a.feed.is_some())
+        let ll = (a.ll || a.feed.is_some() || a.ll_encrypt)
             .then(|| ll_config(&a))
             .transpose()?;
         let pki = crate::tls::TestPki::generate(&names).map_err(|e| e.to_string())?;
@@ -221,6 +231,9 @@ fn ll_config(a: &OriginArgs) -> Result<LlConfig, String> {
     if n < 0.999 || (n - n.round()).abs() > 0.001 {
         return Err("--segment-duration must be a whole number of --part-duration".into());
     }
+    if a.ll_key_rotation == 0 {
+        return Err("--ll-key-rotation must be at least 1 segment".into());
+    }
     if a.ll_window < 3 {
         return Err("--ll-window must be at least 3 segments".into());
     }
@@ -240,6 +253,7 @@ fn ll_config(a: &OriginArgs) -> Result<LlConfig, String> {
         hold: a.hold,
         fps: a.ll_fps,
         size,
+        encrypt: a.ll_encrypt.then_some(a.ll_key_rotation),
     })
 }
 
@@ -341,5 +355,14 @@ mod tests {
         .is_err());
         assert!(parse(&["--ll", "--part-duration", "10ms"]).is_err());
         assert!(parse(&["--ll", "--ll-window", "1"]).is_err());
+        assert_eq!(parse(&["--ll"]).unwrap().ll.unwrap().encrypt, None);
+        let ll = parse(&["--ll-encrypt"]).unwrap().ll.unwrap();
+        assert_eq!(ll.encrypt, Some(10));
+        let ll = parse(&["--ll-encrypt", "--ll-key-rotation", "3"])
+            .unwrap()
+            .ll
+            .unwrap();
+        assert_eq!(ll.encrypt, Some(3));
+        assert!(parse(&["--ll-encrypt", "--ll-key-rotation", "0"]).is_err());
     }
 }

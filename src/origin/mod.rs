@@ -146,6 +146,9 @@ struct State {
     authority: String,
     streams: Vec<Stream>,
     requests: Mutex<HashMap<String, u64>>,
+    /// LL-HLS key requests (`/keys/hls/…`) by transport and status, e.g.
+    /// `https 200`: who asked for keys, and how.
+    key_requests: Mutex<HashMap<String, u64>>,
     total: AtomicU64,
     refuse: AtomicBool,
     /// Canonical `host:port` of `authority`, for chunks' binding names.
@@ -211,7 +214,7 @@ pub async fn start(cfg: OriginConfig) -> std::io::Result<OriginHandle> {
     let authority = cfg.authority.clone().unwrap_or_else(|| addr.to_string());
     let bind_authority = crate::manifest::canonical_authority(&authority)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let ll = cfg.ll.clone().map(ll::LlHead::new);
+    let ll = cfg.ll.clone().map(|c| ll::LlHead::new(c, &authority));
     let state = Arc::new(State {
         ll,
         bind_authority,
@@ -224,6 +227,7 @@ pub async fn start(cfg: OriginConfig) -> std::io::Result<OriginHandle> {
             })
             .collect(),
         requests: Mutex::new(HashMap::new()),
+        key_requests: Mutex::new(HashMap::new()),
         total: AtomicU64::new(0),
         refuse: AtomicBool::new(cfg.faults.refuse),
         cfg,

@@ -1,7 +1,8 @@
 //! Paths → answers: every request enters at [`handle`].
 //!
 //! API paths (`/manifest/…`, `/keys/…`) go to the API over TLS only.
-//! `/stats` is answered without being counted. Anything else is counted (by
+//! `/stats` is answered without being counted (LL-HLS key requests are
+//! counted apart, by transport and status). Anything else is counted (by
 //! path and query, for tests), gets its faults (configured, then the query's)
 //! and is routed: `/ll/…` and `/dash/…` to the low-latency head end,
 //! `/live/…` to the long-poll, `/vod/{n}` to a one-off slot
@@ -31,20 +32,26 @@ use crate::slot::{Head, Slot};
 struct Stats<'a> {
     requests_total: u64,
     requests: &'a HashMap<String, u64>,
+    /// LL-HLS key requests by `{http|https} {status}`.
+    key_requests: &'a HashMap<String, u64>,
     edges: Vec<i64>,
 }
 
 /// Answers one request; `tls` says whether it came over TLS.
 pub(super) async fn handle(state: Arc<State>, req: Request<Incoming>, tls: bool) -> Response<Body> {
     let path = req.uri().path().to_string();
+    if path.starts_with("/keys/hls/") {
+        let r = api_request(&state, &req, &path, tls);
+        let k = format!(
+            "{} {}",
+            if tls { "https" } else { "http" },
+            r.status().as_u16()
+        );
+        *state.key_requests.lock().entry(k).or_default() += 1;
+        return r;
+    }
     if path.starts_with("/manifest/") || path.starts_with("/keys/") {
-        if !tls {
-            return text(
-                StatusCode::FORBIDDEN,
-                "manifests and keys are served over HTTPS only\n",
-            );
-        }
-        return api::answer(&state, &req);
+        return api_request(&state, &req, &path, tls);
     }
     let pq = req
         .uri()
@@ -54,9 +61,11 @@ pub(super) async fn handle(state: Arc<State>, req: Request<Incoming>, tls: bool)
         .to_string();
     if path == "/stats" {
         let requests = state.requests.lock().clone();
+        let key_requests = state.key_requests.lock().clone();
         return json(&Stats {
             requests_total: state.total.load(Ordering::Relaxed),
             requests: &requests,
+            key_requests: &key_requests,
             edges: state.streams.iter().map(|s| *s.edge.borrow()).collect(),
         });
     }
@@ -97,6 +106,23 @@ pub(super) async fn handle(state: Arc<State>, req: Request<Incoming>, tls: bool)
         },
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// The API, over TLS only: a clear request is refused (403, never stored).
+fn api_request(state: &State, req: &Request<Incoming>, path: &str, tls: bool) -> Response<Body> {
+    if !tls {
+        tracing::info!(%path, "API request over clear HTTP refused");
+        let mut r = text(
+            StatusCode::FORBIDDEN,
+            "manifests and keys are served over HTTPS only\n",
+        );
+        r.headers_mut().insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        );
+        return r;
+    }
+    api::answer(state, req)
 }
 
 /// VOD chunk `n` (checked): sealed afresh, long-lived, no publish time.

@@ -4,6 +4,7 @@
 //   node play.mjs --player hls --src relays=https://127.0.0.1:8443/ll/master.m3u8 \
 //       [--src direct=http://127.0.0.1:9100/ll/master.m3u8] [--tabs 1] \
 //       [--warmup 6] [--seconds 20] [--screenshot out.png] [--chromium /usr/bin/chromium]
+//       [--token TOKEN]
 //
 // Each --src LABEL=URL is opened in --tabs tabs at once. The page is served
 // from this script's own origin, so every media request is cross-origin (CORS).
@@ -11,6 +12,8 @@
 // For each tab, after --warmup seconds of playing, it measures over --seconds:
 // how fast currentTime advanced per wall second, stall ('waiting') events,
 // and the player's own live latency (hls.latency, dash getCurrentLiveLatency).
+// --token TOKEN: hls.js sends `Authorization: Bearer TOKEN` on key requests
+// (HLS AES-128, EXT-X-KEY) only.
 // Exit code 0 even when a player failed: the caller judges the figures.
 
 import http from 'node:http';
@@ -22,7 +25,7 @@ import puppeteer from 'puppeteer-core';
 const here = path.dirname(fileURLToPath(import.meta.url));
 
 function parseArgs(argv) {
-  const a = { player: 'hls', srcs: [], tabs: 1, warmup: 6, seconds: 20, screenshot: null, chromium: '/usr/bin/chromium' };
+  const a = { player: 'hls', srcs: [], tabs: 1, warmup: 6, seconds: 20, screenshot: null, chromium: '/usr/bin/chromium', token: null };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i];
     const v = argv[i + 1];
@@ -41,6 +44,7 @@ function parseArgs(argv) {
       case '--seconds': a.seconds = Number(v); break;
       case '--screenshot': a.screenshot = v; break;
       case '--chromium': a.chromium = v; break;
+      case '--token': a.token = v; break;
       default: throw new Error(`unknown flag ${k}`);
     }
   }
@@ -69,7 +73,7 @@ function serve() {
 }
 
 function summarise(s, warmupMs, windowMs) {
-  const out = { label: s.label, errors: s.errors, nonFatal: s.nonFatal, nonFatalDetails: s.nonFatalDetails, stallsTotal: s.stalls, targetLatency: s.targetLatency, fragments: s.fragments, playing: s.started !== null };
+  const out = { label: s.label, keyRequests: s.keyRequests || 0, errors: s.errors, nonFatal: s.nonFatal, nonFatalDetails: s.nonFatalDetails, stallsTotal: s.stalls, targetLatency: s.targetLatency, fragments: s.fragments, playing: s.started !== null };
   if (s.started === null) return { ...out, advance: 0, stalls: null, latency: null };
   const from = s.started + warmupMs;
   const win = s.samples.filter(([t]) => t >= from && t <= from + windowMs);
@@ -114,7 +118,8 @@ async function main() {
         await page.setViewport({ width: 680, height: 460 });
         const consoleLines = [];
         page.on('console', (m) => { if (consoleLines.length < 50) consoleLines.push(m.text()); });
-        const u = `${base}/player.html?player=${a.player}&label=${encodeURIComponent(s.label)}&src=${encodeURIComponent(s.url)}`;
+        const u = `${base}/player.html?player=${a.player}&label=${encodeURIComponent(s.label)}&src=${encodeURIComponent(s.url)}`
+          + (a.token ? `&token=${encodeURIComponent(a.token)}` : '');
         await page.goto(u, { waitUntil: 'load' });
         pages.push({ page, label: s.label, tab: i, consoleLines });
       }

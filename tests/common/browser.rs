@@ -78,6 +78,11 @@ pub struct Play<'a> {
 /// Runs the driver and parses its JSON. Blocking (run it on a blocking
 /// thread from async tests).
 pub fn play(p: &Play) -> Vec<Tab> {
+    play_with(p, &[])
+}
+
+/// [`play`] with extra driver flags (e.g. `["--token", T]`).
+pub fn play_with(p: &Play, extra: &[&str]) -> Vec<Tab> {
     let mut cmd = Command::new("node");
     cmd.arg(dir().join("play.mjs"))
         .args(["--player", p.player])
@@ -93,6 +98,7 @@ pub fn play(p: &Play) -> Vec<Tab> {
     if let Some(s) = &p.screenshot {
         cmd.arg("--screenshot").arg(s);
     }
+    cmd.args(extra);
     let out = cmd.output().expect("run node play.mjs");
     assert!(out.status.success(), "play.mjs failed: {:?}", out.status);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("play.mjs JSON");

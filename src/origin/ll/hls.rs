@@ -4,7 +4,10 @@
 //! URI scheme, relative to the playlist: `init.mp4`, segments `seg{msn}.mp4`,
 //! parts `part{msn}.{index}.mp4`. Parts are listed for the segments within the
 //! last three target durations (older ones are still served, just not
-//! listed), and a preload hint names the next part.
+//! listed), and a preload hint names the next part. With `--ll-encrypt`,
+//! an `EXT-X-KEY` (absolute HTTPS URI, explicit IV) precedes every listed
+//! segment and its parts; `EXT-X-MAP` comes before any, so the init segment
+//! is clear.
 
 use std::fmt::Write;
 use std::time::SystemTime;
@@ -98,6 +101,11 @@ pub(super) fn media_playlist(t: &Timeline, skip: bool) -> String {
         if !s.complete && s.parts.is_empty() {
             // Started, but nothing to list yet: no dangling tags.
             continue;
+        }
+        if let Some(k) = &t.keys {
+            // One per segment: its own explicit IV, and the key rotates.
+            o.push_str(&k.tag(s.msn));
+            o.push('\n');
         }
         if let Some(w) = t.wall(s.start) {
             let _ = writeln!(o, "#EXT-X-PROGRAM-DATE-TIME:{}", iso(w));
@@ -198,6 +206,46 @@ mod tests {
         let part = p.find("part5.4.mp4").unwrap();
         let seg = p.find("seg5.mp4").unwrap();
         assert!(part < seg);
+    }
+
+    #[test]
+    fn encrypted_playlist_keys_every_segment_after_the_map() {
+        let t = super::super::tests::sealed_timeline(25 * 6 + 7);
+        let p = media_playlist(&t, false);
+        let map = p.find("#EXT-X-MAP:").unwrap();
+        assert!(
+            map < p.find("#EXT-X-KEY:").unwrap(),
+            "the init segment is clear"
+        );
+        // Segments 2..=6 listed, a key every 2 segments, IV = MSN.
+        for msn in 2..=6u64 {
+            let tag = format!(
+                "#EXT-X-KEY:METHOD=AES-128,URI=\"https://127.0.0.1:9100/keys/hls/{}\",IV=0x{msn:032X}\n#EXT-X-PROGRAM-DATE-TIME:",
+                msn / 2
+            );
+            let at = p.find(&tag).unwrap_or_else(|| panic!("{tag} in {p}"));
+            // Before the segment's parts (or its EXTINF when unlisted).
+            let first = p
+                .find(&format!("part{msn}.0.mp4"))
+                .or_else(|| p.find(&format!("seg{msn}.mp4")))
+                .unwrap();
+            assert!(at < first, "{p}");
+        }
+        assert_eq!(p.matches("#EXT-X-KEY:").count(), 5);
+        // A delta update keeps the tag of its first listed segment.
+        let mut t = super::super::tests::sealed_timeline(0);
+        t.window = 20;
+        for n in 0..25 * 10 + 3 {
+            t.add(super::super::tests::frame(n, 25), SystemTime::UNIX_EPOCH);
+        }
+        let d = media_playlist(&t, true);
+        let skip = d.find("#EXT-X-SKIP:SKIPPED-SEGMENTS=5\n").unwrap();
+        assert_eq!(
+            &d[skip..].lines().nth(1).unwrap(),
+            &"#EXT-X-KEY:METHOD=AES-128,URI=\"https://127.0.0.1:9100/keys/hls/2\",IV=0x00000000000000000000000000000005"
+        );
+        // Clear playlists carry no key.
+        assert!(!media_playlist(&super::super::tests::timeline(60), false).contains("EXT-X-KEY"));
     }
 
     #[test]

@@ -10,6 +10,12 @@
 //! | `/dash/manifest.mpd` | the MPD |
 //! | `/dash/time` | the server's time, ISO 8601 (the MPD's UTC timing) |
 //!
+//! With `--ll-encrypt`, parts and segments are AES-128 ciphertext (the
+//! segment still streamed while produced, in whole blocks), the playlist
+//! names the key at the origin's HTTPS API (`/keys/hls/{epoch}`, answered by
+//! `api`, never here), and `/dash/` answers 404: a DASH player could not
+//! decrypt, and a clear copy would defeat the point.
+//!
 //! Every answer carries `Access-Control-Allow-Origin: *` and exposes `Age`
 //! and `Date`; `OPTIONS` gets a preflight answer. Cache lifetimes follow
 //! draft-pantos-hls-rfc8216bis Appendix B.1: parts and segments never change
@@ -94,6 +100,16 @@ async fn route(
     host: Option<&str>,
 ) -> Response<Body> {
     let hold = head.cfg().hold;
+    if path.starts_with("/dash/") && head.cfg().encrypt.is_some() {
+        // DASH players cannot decrypt HLS AES-128: serving the same media
+        // clear here would hand relays the plaintext.
+        return reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            MISSING,
+            "LL-DASH is off with --ll-encrypt\n",
+        );
+    }
     match path {
         "/ll/master.m3u8" => match head
             .wait_for(hold, |t| t.init.is_some().then(|| multivariant(t)))
@@ -291,7 +307,8 @@ async fn segment(head: &Arc<LlHead>, m: u64) -> Response<Body> {
             );
         }
     }
-    let Some((complete, len)) = head.with(|t| t.segment(m).map(|s| (s.complete, s.len))) else {
+    let Some((complete, len)) = head.with(|t| t.segment(m).map(|s| (s.complete, s.body_len())))
+    else {
         return reply(
             StatusCode::NOT_FOUND,
             "text/plain",
@@ -334,7 +351,7 @@ fn stream_segment(head: Arc<LlHead>, m: u64) -> Body {
                 rx.borrow_and_update();
                 let next = head.with(|t| match t.segment(m) {
                     None => Next::Gone,
-                    Some(s) if i < s.frags.len() => Next::Piece(s.frags[i].clone()),
+                    Some(s) if i < s.body().len() => Next::Piece(s.body()[i].clone()),
                     Some(s) if s.complete => Next::End,
                     Some(_) => Next::Wait,
                 });

@@ -17,12 +17,15 @@
 //! - `hls`: the multivariant and media playlists (pure writers);
 //! - `dash`: the MPD (pure writer);
 //! - `http`: paths under `/ll/` and `/dash/` → answers, holds and streams;
-//! - `feed`: where the bytes come from (ffmpeg lavfi, stdin or a file).
+//! - `feed`: where the bytes come from (ffmpeg lavfi, stdin or a file);
+//! - `key`: HLS AES-128 (`--ll-encrypt`): parts and segments sealed as they
+//!   are made, the keys the origin's HTTPS API serves.
 
 mod dash;
 mod feed;
 mod hls;
 mod http;
+mod key;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -80,6 +83,9 @@ pub struct LlConfig {
     pub fps: u32,
     /// Picture size (width, height) of the spawned lavfi source.
     pub size: (u32, u32),
+    /// HLS AES-128 encryption of every part and segment, with a new key
+    /// every this many segments; `None` serves them clear.
+    pub encrypt: Option<u64>,
 }
 
 impl Default for LlConfig {
@@ -92,6 +98,7 @@ impl Default for LlConfig {
             hold: Duration::from_secs(5),
             fps: 25,
             size: (640, 360),
+            encrypt: None,
         }
     }
 }
@@ -99,6 +106,7 @@ impl Default for LlConfig {
 /// One part: a run of fragments of one segment, served as one object.
 #[derive(Debug, Clone)]
 pub(super) struct Part {
+    /// What is served: the fragments, or their ciphertext with `--ll-encrypt`.
     pub bytes: Bytes,
     /// In timescale ticks.
     pub duration: u64,
@@ -125,6 +133,28 @@ pub(super) struct Segment {
     pub complete: bool,
     /// Starts with a sync sample.
     pub independent: bool,
+    /// With `--ll-encrypt`: the segment's ciphertext so far, in pieces of
+    /// whole blocks (the last, padded one when it completes).
+    pub sealed: Option<Vec<Bytes>>,
+    /// Bytes of `sealed`.
+    pub sealed_len: usize,
+}
+
+impl Segment {
+    /// What a segment request streams: the ciphertext pieces when
+    /// encrypted, else the fragments.
+    pub(super) fn body(&self) -> &[Bytes] {
+        self.sealed.as_deref().unwrap_or(&self.frags)
+    }
+
+    /// Bytes of [`Segment::body`] so far.
+    pub(super) fn body_len(&self) -> usize {
+        if self.sealed.is_some() {
+            self.sealed_len
+        } else {
+            self.len
+        }
+    }
 }
 
 /// The grouping state: init segment, the window of segments, the open part.
@@ -140,9 +170,36 @@ pub(super) struct Timeline {
     open_independent: bool,
     /// The feed ended: nothing more will come.
     pub ended: bool,
+    /// HLS AES-128 keys, when parts and segments are encrypted.
+    keys: Option<key::Keys>,
+    /// The encryptor of the segment in production.
+    open_cbc: Option<key::CbcStream>,
     part: Duration,
     segment: Duration,
     window: usize,
+}
+
+/// Joins the open part's fragments into one part body, sealed with its
+/// segment's key and IV when encrypting.
+fn close_part(open: &mut Vec<Bytes>, keys: Option<&key::Keys>, msn: u64) -> Bytes {
+    let mut b = BytesMut::with_capacity(open.iter().map(Bytes::len).sum());
+    for piece in open.drain(..) {
+        b.extend_from_slice(&piece);
+    }
+    match keys {
+        Some(k) => key::seal(k.stream(msn), &b),
+        None => b.freeze(),
+    }
+}
+
+/// Marks `seg` complete; an encrypted one gets its last, padded block.
+fn complete(seg: &mut Segment, cbc: &mut Option<key::CbcStream>) {
+    seg.complete = true;
+    if let (Some(c), Some(sealed)) = (cbc.take(), seg.sealed.as_mut()) {
+        let tail = c.finish();
+        seg.sealed_len += tail.len();
+        sealed.push(tail);
+    }
 }
 
 /// Seconds in `ticks` of `timescale`.
@@ -160,6 +217,8 @@ impl Timeline {
             open_ticks: 0,
             open_independent: false,
             ended: false,
+            keys: None,
+            open_cbc: None,
             part: cfg.part,
             segment: cfg.segment,
             window: cfg.window.max(1),
@@ -210,7 +269,10 @@ impl Timeline {
                 parts: Vec::new(),
                 complete: false,
                 independent: f.keyframe,
+                sealed: self.keys.as_ref().map(|_| Vec::new()),
+                sealed_len: 0,
             });
+            self.open_cbc = self.keys.as_ref().map(|k| k.stream(msn));
         }
         if self.open.is_empty() {
             self.open_independent = f.keyframe;
@@ -223,19 +285,23 @@ impl Timeline {
         let seg = self.segments.back_mut().expect("pushed above");
         seg.duration += f.duration;
         seg.len += f.bytes.len();
+        if let (Some(cbc), Some(sealed)) = (self.open_cbc.as_mut(), seg.sealed.as_mut()) {
+            let c = cbc.push(&f.bytes);
+            if !c.is_empty() {
+                seg.sealed_len += c.len();
+                sealed.push(c);
+            }
+        }
         seg.frags.push(f.bytes);
         if self.open_ticks + slack >= part_ticks {
-            let mut b = BytesMut::with_capacity(self.open.iter().map(Bytes::len).sum());
-            for piece in self.open.drain(..) {
-                b.extend_from_slice(&piece);
-            }
+            let bytes = close_part(&mut self.open, self.keys.as_ref(), seg.msn);
             seg.parts.push(Part {
-                bytes: b.freeze(),
+                bytes,
                 duration: std::mem::take(&mut self.open_ticks),
                 independent: self.open_independent,
             });
             if seg.duration + slack >= seg_ticks {
-                seg.complete = true;
+                complete(seg, &mut self.open_cbc);
             }
         }
         while self.segments.len() > self.window + 1 {
@@ -248,17 +314,14 @@ impl Timeline {
         self.ended = true;
         if let Some(seg) = self.segments.back_mut().filter(|s| !s.complete) {
             if !self.open.is_empty() {
-                let mut b = BytesMut::new();
-                for piece in self.open.drain(..) {
-                    b.extend_from_slice(&piece);
-                }
+                let bytes = close_part(&mut self.open, self.keys.as_ref(), seg.msn);
                 seg.parts.push(Part {
-                    bytes: b.freeze(),
+                    bytes,
                     duration: std::mem::take(&mut self.open_ticks),
                     independent: self.open_independent,
                 });
             }
-            seg.complete = true;
+            complete(seg, &mut self.open_cbc);
         }
     }
 
@@ -298,10 +361,15 @@ pub struct LlHead {
 }
 
 impl LlHead {
-    /// A head end with nothing yet.
-    pub fn new(cfg: LlConfig) -> Arc<LlHead> {
+    /// A head end with nothing yet; `api_authority` is where the origin's
+    /// HTTPS API answers (key URIs name it).
+    pub fn new(cfg: LlConfig, api_authority: &str) -> Arc<LlHead> {
+        let mut timeline = Timeline::new(&cfg);
+        timeline.keys = cfg
+            .encrypt
+            .map(|n| key::Keys::random(n, format!("https://{api_authority}")));
         Arc::new(LlHead {
-            timeline: Mutex::new(Timeline::new(&cfg)),
+            timeline: Mutex::new(timeline),
             cfg,
             version: watch::Sender::new(0),
         })
@@ -358,6 +426,17 @@ impl LlHead {
     /// The configuration.
     pub(super) fn cfg(&self) -> &LlConfig {
         &self.cfg
+    }
+
+    /// The HLS AES-128 key of `epoch`, only for epochs of segments in the
+    /// window and of the next one (so a player at the edge can prepare);
+    /// `None` when not encrypting or for any other epoch.
+    pub(in crate::origin) fn hls_key(&self, epoch: u64) -> Option<[u8; 16]> {
+        let t = self.timeline.lock();
+        let keys = t.keys.as_ref()?;
+        let first = t.segments.front().map_or(0, |s| s.msn);
+        let known = keys.epoch(first)..=keys.epoch(t.next_segment());
+        known.contains(&epoch).then(|| keys.key(epoch))
     }
 }
 
@@ -430,6 +509,89 @@ pub(super) mod tests {
             Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_006))
         );
         assert!(t.segment(1).is_none() && t.segment(6).is_some() && t.segment(7).is_none());
+    }
+
+    /// `timeline(frames)` with `--ll-encrypt` (a key every 2 segments).
+    pub fn sealed_timeline(frames: u64) -> Timeline {
+        let mut t = Timeline::new(&LlConfig {
+            window: 4,
+            ..LlConfig::default()
+        });
+        t.keys = Some(key::Keys::with_master(
+            [5; 32],
+            2,
+            "https://127.0.0.1:9100".into(),
+        ));
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        t.add(init(), t0);
+        for n in 0..frames {
+            t.add(frame(n, 25), t0 + Duration::from_millis(40 * (n + 1)));
+        }
+        t
+    }
+
+    #[test]
+    fn encrypted_parts_and_segments_open_to_the_fragments() {
+        let t = sealed_timeline(25 * 6 + 7);
+        let keys = t.keys.clone().unwrap();
+        for s in &t.segments {
+            let (k, iv) = (keys.key(keys.epoch(s.msn)), key::iv(s.msn));
+            let plain: Vec<u8> = s.frags.iter().flat_map(|p| p.to_vec()).collect();
+            let mut at = 0;
+            for p in &s.parts {
+                // Each part is its own resource, with the segment's key and IV.
+                let open = key::tests::open(&k, &iv, &p.bytes).expect("a part opens");
+                assert_eq!(open, plain[at..at + open.len()]);
+                assert_ne!(p.bytes[..16], open[..16], "ciphertext, not the fragments");
+                at += open.len();
+            }
+            let body: Vec<u8> = s.body().iter().flat_map(|p| p.to_vec()).collect();
+            assert_eq!(body.len(), s.body_len());
+            assert!(s.body().iter().all(|p| p.len() % key::BLOCK == 0));
+            if s.complete {
+                assert_eq!(at, plain.len());
+                assert_eq!(body.len(), key::tests::sealed_len(plain.len()));
+                assert_eq!(key::tests::open(&k, &iv, &body).unwrap(), plain);
+            } else {
+                // The open segment: whole blocks so far, unpadded.
+                assert_eq!(body.len(), plain.len() / 16 * 16);
+            }
+        }
+        // The same segment under another epoch's key does not open.
+        let s = &t.segments[0];
+        let other = keys.key(keys.epoch(s.msn) + 1);
+        assert!(key::tests::open(&other, &key::iv(s.msn), &s.parts[0].bytes)
+            .is_none_or(|p| !p.starts_with(b"frame")));
+        // Clear timelines serve the fragments themselves.
+        let clear = timeline(60);
+        assert_eq!(clear.segments[0].body(), &clear.segments[0].frags[..]);
+    }
+
+    #[test]
+    fn keys_exist_for_the_window_and_the_next_epoch_only() {
+        let cfg = LlConfig {
+            window: 4,
+            encrypt: Some(2),
+            ..LlConfig::default()
+        };
+        let head = LlHead::new(cfg, "127.0.0.1:9");
+        assert!(
+            head.hls_key(0).is_some(),
+            "before the first segment: epoch 0"
+        );
+        assert!(head.hls_key(1).is_none());
+        head.add(init());
+        for n in 0..25 * 8 + 3 {
+            head.add(frame(n, 25));
+        }
+        // Window: segments 4..=8 (8 open), the next is 9: epochs 2..=4.
+        assert_eq!(head.with(|t| t.segments.front().unwrap().msn), 4);
+        for e in 0..7 {
+            assert_eq!(head.hls_key(e).is_some(), (2..=4).contains(&e), "{e}");
+        }
+        assert_ne!(head.hls_key(2), head.hls_key(3));
+        let clear = LlHead::new(LlConfig::default(), "127.0.0.1:9");
+        assert!(clear.hls_key(0).is_none());
     }
 
     #[test]
