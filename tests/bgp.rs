@@ -11,7 +11,7 @@
 //! ```
 //!
 //! Each edge host `eN` runs a relay (unicast 10.2.N.2, anycast 10.99.0.1 on
-//! a dummy interface), BIRD with an eBGP session to its region's router
+//! its loopback), BIRD with an eBGP session to its region's router
 //! (hold 3 s, keepalive 1 s, BFD 3 × 100 ms) and the shipped health check
 //! `deploy/bird/mlcache-anycast-check`, which enables the BIRD `protocol
 //! static` holding the anycast route while `/healthz` passes and disables it
@@ -79,13 +79,13 @@ struct Net {
 
 /// (namespace a, interface a, address a, namespace b, interface b, address b)
 const LINKS: [(&str, &str, &str, &str, &str, &str); 7] = [
-    ("ra", "a1", "10.2.1.1/24", "e1", "up", "10.2.1.2/24"),
-    ("ra", "a3", "10.2.3.1/24", "e3", "up", "10.2.3.2/24"),
-    ("rb", "b2", "10.2.2.1/24", "e2", "up", "10.2.2.2/24"),
+    ("ra", "a1", "10.2.1.1/24", "e1", "uplink", "10.2.1.2/24"),
+    ("ra", "a3", "10.2.3.1/24", "e3", "uplink", "10.2.3.2/24"),
+    ("rb", "b2", "10.2.2.1/24", "e2", "uplink", "10.2.2.2/24"),
     ("ra", "ab", "10.3.0.1/24", "rb", "ba", "10.3.0.2/24"),
-    ("ra", "ac", "10.1.1.1/24", "c1", "up", "10.1.1.2/24"),
-    ("rb", "bc", "10.1.2.1/24", "c2", "up", "10.1.2.2/24"),
-    ("ra", "ao", "10.0.1.1/24", "o", "up", "10.0.1.2/24"),
+    ("ra", "ac", "10.1.1.1/24", "c1", "uplink", "10.1.1.2/24"),
+    ("rb", "bc", "10.1.2.1/24", "c2", "uplink", "10.1.2.2/24"),
+    ("ra", "ao", "10.0.1.1/24", "o", "uplink", "10.0.1.2/24"),
 ];
 
 /// Hosts with one uplink: their default route.
@@ -163,12 +163,10 @@ impl Net {
         for (host, gw) in DEFAULTS {
             self.exec(host, &["route", "add", "default", "via", gw])?;
         }
-        // The anycast address, on a dummy interface of every edge host. The
-        // relay accepts on it always; whether it is reachable is up to BGP.
+        // The anycast address, on every edge host's loopback. The relay
+        // accepts on it always; whether it is reachable is up to BGP.
         for e in ["e1", "e2", "e3"] {
-            self.exec(e, &["link", "add", "anycast0", "type", "dummy"])?;
-            self.exec(e, &["addr", "add", &format!("{ANYCAST}/32"), "dev", "anycast0"])?;
-            self.exec(e, &["link", "set", "anycast0", "up"])?;
+            self.exec(e, &["addr", "add", &format!("{ANYCAST}/32"), "dev", "lo"])?;
         }
         Ok(())
     }
@@ -201,6 +199,7 @@ impl Drop for Proc {
         // The whole group: the health check's curl and sleep too.
         let _ = Command::new("kill")
             .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .stderr(Stdio::null())
             .status();
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -434,7 +433,9 @@ fn missing_tools() -> Option<String> {
             .status()
             .is_ok_and(|s| s.success());
         if !found {
-            return Some(format!("{tool} is not installed (apt-get install bird2 curl)"));
+            return Some(format!(
+                "{tool} is not installed (apt-get install bird2 curl)"
+            ));
         }
     }
     None
@@ -459,7 +460,10 @@ fn bgp_anycast_follows_relay_health() {
     };
     let dir = std::env::temp_dir().join(format!("mlcache-bgp-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let check = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/bird/mlcache-anycast-check");
+    let check = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/bird/mlcache-anycast-check"
+    );
 
     // Routers and edge BIRDs.
     let ra = Bird::start(
@@ -508,23 +512,28 @@ fn bgp_anycast_follows_relay_health() {
     let _origin = TestProcess::start(
         {
             let mut c = Command::new("ip");
-            c.args(["netns", "exec", &net.ns("o"), env!("CARGO_BIN_EXE_mlcache-origin")])
-                .args([
-                    "--listen",
-                    "0.0.0.0:9100",
-                    "--authority",
-                    ORIGIN,
-                    "--token",
-                    "bgp-token",
-                    "--ca-out",
-                    ca.to_str().unwrap(),
-                    "--cadence",
-                    "200ms",
-                    "--chunk-size",
-                    "16KiB",
-                    "--key-rotation",
-                    "4",
-                ]);
+            c.args([
+                "netns",
+                "exec",
+                &net.ns("o"),
+                env!("CARGO_BIN_EXE_mlcache-origin"),
+            ])
+            .args([
+                "--listen",
+                "0.0.0.0:9100",
+                "--authority",
+                ORIGIN,
+                "--token",
+                "bgp-token",
+                "--ca-out",
+                ca.to_str().unwrap(),
+                "--cadence",
+                "200ms",
+                "--chunk-size",
+                "16KiB",
+                "--key-rotation",
+                "4",
+            ]);
             c
         },
         false,
@@ -533,24 +542,29 @@ fn bgp_anycast_follows_relay_health() {
     let mut checks = Vec::new();
     for (e, unicast, ..) in edges {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &net.ns(e), env!("CARGO_BIN_EXE_mlcache-relay")])
-            .args([
-                "--listen",
-                "0.0.0.0:8080",
-                "--admin",
-                "127.0.0.1:9090",
-                "--allow-origin",
-                &format!("http://{ORIGIN}"),
-                "--advertise",
-                &format!("http://{unicast}:8080"),
-                "--id",
-                &format!("relay-{e}"),
-                "--drain-delay",
-                "2s",
-                "--shutdown-grace",
-                "2s",
-            ])
-            .env("RUST_LOG", "info");
+        c.args([
+            "netns",
+            "exec",
+            &net.ns(e),
+            env!("CARGO_BIN_EXE_mlcache-relay"),
+        ])
+        .args([
+            "--listen",
+            "0.0.0.0:8080",
+            "--admin",
+            "127.0.0.1:9090",
+            "--allow-origin",
+            &format!("http://{ORIGIN}"),
+            "--advertise",
+            &format!("http://{unicast}:8080"),
+            "--id",
+            &format!("relay-{e}"),
+            "--drain-delay",
+            "2s",
+            "--shutdown-grace",
+            "2s",
+        ])
+        .env("RUST_LOG", "info");
         relays.push(Some(TestProcess::start(c, true)));
         let sock = dir.join(format!("{e}.ctl"));
         checks.push(spawn_in(
@@ -614,11 +628,21 @@ fn bgp_anycast_follows_relay_health() {
     let (mut p2, out2, err2) = play("c2");
 
     // 1. Nearest relay per region.
-    wait_until(Duration::from_secs(30), "both viewers to play 5 chunks", || {
-        played(&out1) >= 5 && played(&out2) >= 5
-    });
-    assert!(read(&err1).contains("unicast=Some(10.2.1.2:8080)"), "c1 → e1:\n{}", read(&err1));
-    assert!(read(&err2).contains("unicast=Some(10.2.2.2:8080)"), "c2 → e2:\n{}", read(&err2));
+    wait_until(
+        Duration::from_secs(30),
+        "both viewers to play 5 chunks",
+        || played(&out1) >= 5 && played(&out2) >= 5,
+    );
+    assert!(
+        read(&err1).contains("unicast=Some(10.2.1.2:8080)"),
+        "c1 → e1:\n{}",
+        read(&err1)
+    );
+    assert!(
+        read(&err2).contains("unicast=Some(10.2.2.2:8080)"),
+        "c2 → e2:\n{}",
+        read(&err2)
+    );
 
     // 2. SIGKILL e1's relay: the health check withdraws, ra moves to e3.
     let kill_at = Instant::now();
@@ -626,10 +650,16 @@ fn bgp_anycast_follows_relay_health() {
     let kill_withdraw = wait_until(Duration::from_secs(HOLD), "ra to drop e1's route", || {
         !ra.anycast_routes().0.contains(&"e1".to_string())
     });
-    assert_eq!(ra.anycast_routes().1.as_deref(), Some("e3"), "region A falls back to e3");
-    wait_until(Duration::from_secs(2), "ra's kernel to forward to e3", || {
-        fib_next_hop(&net, "ra") == "10.2.3.2"
-    });
+    assert_eq!(
+        ra.anycast_routes().1.as_deref(),
+        Some("e3"),
+        "region A falls back to e3"
+    );
+    wait_until(
+        Duration::from_secs(2),
+        "ra's kernel to forward to e3",
+        || fib_next_hop(&net, "ra") == "10.2.3.2",
+    );
     wait_until(Duration::from_secs(10), "c1 to probe e3", || {
         read(&err1).contains("unicast=Some(10.2.3.2:8080)")
     });
@@ -640,25 +670,39 @@ fn bgp_anycast_follows_relay_health() {
 
     // 3. Planned drain of e2: the route must leave rb before the listener closes.
     let c2_before = played(&out2);
-    assert!(c2_before < CHUNKS as usize - 10, "c2 still has chunks to play");
+    assert!(
+        c2_before < CHUNKS as usize - 10,
+        "c2 still has chunks to play"
+    );
     let term_at = Instant::now();
     relays[1].as_ref().unwrap().sigterm();
     let (mut withdrawn, mut closed) = (None, None);
     let e2 = relays[1].as_ref().unwrap();
-    wait_until(DRAIN_DELAY + Duration::from_secs(3), "e2 to withdraw and close", || {
-        if withdrawn.is_none() && !rb.anycast_routes().0.contains(&"e2".to_string()) {
-            withdrawn = Some(term_at.elapsed());
-        }
-        if closed.is_none() && e2.logged("listener closed") {
-            closed = Some(term_at.elapsed());
-        }
-        withdrawn.is_some() && closed.is_some()
-    });
+    wait_until(
+        DRAIN_DELAY + Duration::from_secs(3),
+        "e2 to withdraw and close",
+        || {
+            if withdrawn.is_none() && !rb.anycast_routes().0.contains(&"e2".to_string()) {
+                withdrawn = Some(term_at.elapsed());
+            }
+            if closed.is_none() && e2.logged("listener closed") {
+                closed = Some(term_at.elapsed());
+            }
+            withdrawn.is_some() && closed.is_some()
+        },
+    );
     let (withdrawn, closed) = (withdrawn.unwrap(), closed.unwrap());
     eprintln!("bgp: SIGTERM e2 relay → route withdrawn at rb in {withdrawn:?}; listener closed at {closed:?}");
-    assert!(withdrawn < closed, "withdrawn ({withdrawn:?}) before the listener closed ({closed:?})");
+    assert!(
+        withdrawn < closed,
+        "withdrawn ({withdrawn:?}) before the listener closed ({closed:?})"
+    );
     assert!(withdrawn < DRAIN_DELAY, "withdrawn within --drain-delay");
-    assert_eq!(fib_next_hop(&net, "rb"), "10.3.0.1", "region B now goes to region A");
+    assert_eq!(
+        fib_next_hop(&net, "rb"),
+        "10.3.0.1",
+        "region B now goes to region A"
+    );
 
     for (p, name, err) in [(&mut p1, "c1", &err1), (&mut p2, "c2", &err2)] {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -681,29 +725,49 @@ fn bgp_anycast_follows_relay_health() {
             .join("\n")
     };
     let failed = |log: &str| log.lines().filter(|l| l.contains("refetched")).count();
-    eprintln!("bgp: c1 summary ({} failed fetches):\n{}", failed(&log1), summary(&log1));
-    eprintln!("bgp: c2 summary ({} failed fetches):\n{}", failed(&log2), summary(&log2));
+    eprintln!(
+        "bgp: c1 summary ({} failed fetches):\n{}",
+        failed(&log1),
+        summary(&log1)
+    );
+    eprintln!(
+        "bgp: c2 summary ({} failed fetches):\n{}",
+        failed(&log2),
+        summary(&log2)
+    );
     // c1 stayed in region A: e1, then (after the origin, if it probed before
     // the withdrawal) e3; never region B's e2.
     assert!(log1.contains("from relay 10.2.1.2:8080"), "{log1}");
     assert!(log1.contains("from relay 10.2.3.2:8080"), "{log1}");
-    assert!(!log1.contains("10.2.2.2"), "c1 never left region A:\n{log1}");
+    assert!(
+        !log1.contains("10.2.2.2"),
+        "c1 never left region A:\n{log1}"
+    );
     // c2 moved on the drain signal, without a single failed fetch.
     assert!(log2.contains("from relay 10.2.2.2:8080"), "{log2}");
     assert!(log2.contains("nearest relay is draining"), "{log2}");
-    assert_eq!(failed(&log2), 0, "no failed fetch across the drain:\n{log2}");
+    assert_eq!(
+        failed(&log2),
+        0,
+        "no failed fetch across the drain:\n{log2}"
+    );
     assert!(!log2.contains("source failed"), "{log2}");
 
     // 4. A hung edge host: e3's BIRD stops answering; ra must notice by
     // itself (BFD, else the hold timer).
     edge_birds[2].proc.signal("-STOP");
-    let hang_withdraw = wait_until(Duration::from_secs(HOLD + 1), "ra to drop e3's route", || {
-        !ra.anycast_routes().0.contains(&"e3".to_string())
-    });
+    let hang_withdraw = wait_until(
+        Duration::from_secs(HOLD + 1),
+        "ra to drop e3's route",
+        || !ra.anycast_routes().0.contains(&"e3".to_string()),
+    );
     eprintln!(
         "bgp: e3's BIRD frozen → route withdrawn at ra in {hang_withdraw:?} (hold time {HOLD} s; BFD sessions up before: {bfd_up})"
     );
-    assert!(hang_withdraw < Duration::from_secs(HOLD), "within the hold time");
+    assert!(
+        hang_withdraw < Duration::from_secs(HOLD),
+        "within the hold time"
+    );
 
     drop(checks);
     drop(edge_birds);
