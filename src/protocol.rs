@@ -25,6 +25,12 @@ pub const PUBLISH_HEADER: &str = "mlcache-publish-ns";
 /// The anycast probe's path on a relay's viewer port.
 pub const PROBE_PATH: &str = "/.well-known/mlcache";
 
+/// Set on every response of a relay that is draining (SIGTERM received,
+/// `/healthz` 503): the viewer should probe the anycast address again before
+/// its next chunk, so it moves while this relay still serves. Hop-by-hop: a
+/// relay never caches or passes on its parent's.
+pub const DRAINING_HEADER: &str = "mlcache-draining";
+
 /// The `Via` protocol name a relay writes before its id.
 pub const VIA_PROTOCOL: &str = "1.1";
 

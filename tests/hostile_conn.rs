@@ -480,6 +480,10 @@ async fn sigterm_fails_health_first_then_serves_through_drain_delay_then_exits_z
         true,
     );
     assert_eq!(healthz(p.admin()).await, Some(StatusCode::OK));
+    let before = h1(p.addr, proxy_get(origin.addr, "/vod/1")).await.unwrap();
+    assert!(!before
+        .headers
+        .contains_key(mlcache::protocol::DRAINING_HEADER));
     let sent = Instant::now();
     p.signal("-TERM");
     // The health check flips at once, answered (not refused) by the admin
@@ -498,6 +502,13 @@ async fn sigterm_fails_health_first_then_serves_through_drain_delay_then_exits_z
     // Routing has drain-delay to move away: new viewers are still served.
     let got = h1(p.addr, proxy_get(origin.addr, "/vod/1")).await.unwrap();
     assert_eq!(got.status, StatusCode::OK);
+    // ... and told to probe again (tests/bgp.rs: viewers move on this).
+    assert_eq!(
+        got.headers
+            .get(mlcache::protocol::DRAINING_HEADER)
+            .map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
     assert!(
         sent.elapsed() < Duration::from_secs(4),
         "test too slow to check the drain delay (healthz flipped after {flipped:?})"

@@ -1,6 +1,6 @@
 //! Finding the nearest relay: the anycast probe (`crate::probe`) at start,
-//! again after the nearest relay fails (routing may have moved), and again
-//! at most every [`REPROBE`] while none is known. The sources of a chunk
+//! again after the nearest relay fails or says it is draining (routing may
+//! have moved), and again at most every [`REPROBE`] while none is known. The sources of a chunk
 //! follow from it: the nearest relay, the configured relays, the origin.
 
 use std::collections::HashSet;

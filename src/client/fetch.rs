@@ -166,6 +166,9 @@ impl Client {
                 }
                 Err(e) => return Err(SourceError::Request(e.to_string()).into()),
             };
+            let draining = resp
+                .headers()
+                .contains_key(crate::protocol::DRAINING_HEADER);
             if crate::protocol::is_not_yet(resp.status(), resp.headers()) {
                 if resp.into_body().collect().await.is_ok() {
                     self.give_back(addr, send);
@@ -174,6 +177,13 @@ impl Client {
             }
             self.decrypt(resp, name, want, out, written).await?;
             self.give_back(addr, send);
+            if draining && self.nearest() == Some(addr) {
+                // Planned drain: routing is moving the anycast address away
+                // while this relay still serves, so ask again now rather than
+                // after its listener has closed.
+                tracing::info!(relay = %addr, "nearest relay is draining; probing again");
+                self.discover().await;
+            }
             return Ok(());
         }
     }

@@ -25,7 +25,9 @@
 //! nothing unverified. `written` advances with each completed `write` call,
 //! so a timeout that cancels an attempt mid-write cannot make a byte be
 //! written twice. A relay failure also triggers a new probe, because routing
-//! may now lead to another relay. Name resolution is asynchronous
+//! may now lead to another relay, and so does a response marked
+//! `mlcache-draining` (a planned drain: the viewer moves before the relay
+//! stops serving). Name resolution is asynchronous
 //! (`tokio::net::lookup_host`).
 //!
 //! Files, one concept each: `config.rs` the settings, `name.rs` chunk and

@@ -6,8 +6,10 @@ use http::HeaderMap;
 
 use crate::key::ChunkKey;
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) that must not be forwarded.
+/// Hop-by-hop headers (RFC 9110 §7.6.1) that must not be forwarded, and
+/// the parent's drain signal, which is about that parent, not the chunk.
 const HOP_BY_HOP: &[&str] = &[
+    crate::protocol::DRAINING_HEADER,
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -141,6 +143,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("connection", "close, x-private".parse().unwrap());
         h.insert("x-private", "1".parse().unwrap());
+        h.insert("mlcache-draining", "1".parse().unwrap());
         h.insert("transfer-encoding", "chunked".parse().unwrap());
         h.insert("cache-control", "max-age=1".parse().unwrap());
         strip_hop_by_hop(&mut h);

@@ -81,6 +81,12 @@ pub async fn handle(relay: Arc<Relay>, req: Request<()>, local: SocketAddr) -> R
     .instrument(span)
     .await;
     relay.cors.apply(origin.as_ref(), resp.headers_mut());
+    if relay.is_draining() {
+        resp.headers_mut().insert(
+            crate::protocol::DRAINING_HEADER,
+            HeaderValue::from_static("1"),
+        );
+    }
     resp
 }
 
