@@ -77,6 +77,12 @@ pub struct Config {
     /// whichever relay answers the anycast probe (repeatable).
     #[arg(long, env = "MLCACHE_UPSTREAM", value_name = "URL", value_delimiter = ',', help_heading = NET)]
     pub upstream: Vec<String>,
+    /// How the parents are ordered for a fetch: `ordered` (as listed: the
+    /// first takes every miss) or `hash` (rendezvous hash of the stream, the
+    /// key's path up to its last `/`: each parent of a mid tier takes its
+    /// share of the streams, the next in hash order when it is down).
+    #[arg(long, env = "MLCACHE_PARENT_SELECT", value_enum, default_value = "ordered", help_heading = NET)]
+    pub parent_select: crate::upstream::ParentSelect,
     /// Address for /metrics and /healthz (default: off).
     #[arg(long, env = "MLCACHE_ADMIN", help_heading = NET)]
     pub admin: Option<SocketAddr>,

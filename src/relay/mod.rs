@@ -133,7 +133,8 @@ impl Relay {
             UpstreamLimits {
                 max_head: config.max_upstream_head.as_u64() as usize,
             },
-        )?;
+        )?
+        .with_select(config.parent_select);
         let upstream = match &config.upstream_ca {
             Some(p) => {
                 let pem = std::fs::read(p).map_err(|e| SetupError::UpstreamCa(p.clone(), e))?;
