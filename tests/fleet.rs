@@ -36,7 +36,9 @@ fn origin(streams: usize) -> TestProcess {
 
 /// The origin's per-path request counts.
 async fn origin_counts(origin: SocketAddr) -> HashMap<String, u64> {
-    let got = h1(origin, path_only("/stats")).await.expect("origin /stats");
+    let got = h1(origin, path_only("/stats"))
+        .await
+        .expect("origin /stats");
     let v: serde_json::Value = serde_json::from_slice(got.bytes()).unwrap();
     serde_json::from_value(v["requests"].clone()).unwrap()
 }
@@ -107,16 +109,16 @@ fn viewer(
                 };
                 let ok = match &got {
                     Ok(g) => {
-                        g.status == 200
-                            && g.body.as_ref().is_ok_and(|b| exact(stream, seq, b))
+                        g.status == 200 && g.body.as_ref().is_ok_and(|b| exact(stream, seq, b))
                     }
                     Err(_) => false,
                 };
                 if ok {
                     let g = got.unwrap();
-                    let via = mlcache::protocol::via_ids(g.headers.get_all(http::header::VIA).iter())
-                        .map(str::to_string)
-                        .collect();
+                    let via =
+                        mlcache::protocol::via_ids(g.headers.get_all(http::header::VIA).iter())
+                            .map(str::to_string)
+                            .collect();
                     log.lock().insert(
                         (index, stream, seq),
                         Seen {
@@ -183,7 +185,11 @@ async fn hashed_mid_tier_splits_streams_and_survives_losing_a_mid() {
     // (a random port set does so about two times in three), and use those.
     let mut pool: Vec<TestProcess> = Vec::new();
     let chosen: Vec<usize> = 'pick: loop {
-        assert!(pool.len() < 12, "no balanced four among {} mids", pool.len());
+        assert!(
+            pool.len() < 12,
+            "no balanced four among {} mids",
+            pool.len()
+        );
         pool.push(mid(pool.len(), origin));
         let n = pool.len();
         if n < 4 {
@@ -194,8 +200,10 @@ async fn hashed_mid_tier_splits_streams_and_survives_losing_a_mid() {
                 for c in b + 1..n {
                     for d in c + 1..n {
                         let set = [a, b, c, d];
-                        let urls: Vec<String> =
-                            set.iter().map(|&i| format!("http://{}", pool[i].addr)).collect();
+                        let urls: Vec<String> = set
+                            .iter()
+                            .map(|&i| format!("http://{}", pool[i].addr))
+                            .collect();
                         let mut per = [0; 4];
                         for o in hash_orders(&urls, origin, STREAMS) {
                             per[o[0]] += 1;
@@ -260,7 +268,11 @@ async fn hashed_mid_tier_splits_streams_and_survives_losing_a_mid() {
             .count()
     };
     while phase1() < want1 {
-        assert!(t.elapsed() < Duration::from_secs(60), "phase 1: {} of {want1}", phase1());
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "phase 1: {} of {want1}",
+            phase1()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let counts = origin_counts(origin).await;
@@ -270,10 +282,18 @@ async fn hashed_mid_tier_splits_streams_and_survives_losing_a_mid() {
         per_mid[orders[s][0]] += 1;
         for q in first[s]..first[s] + 6 {
             let path = format!("/live/{s}/{q}");
-            assert_eq!(counts.get(&path), Some(&1), "{path} from the origin once: {counts:?}");
+            assert_eq!(
+                counts.get(&path),
+                Some(&1),
+                "{path} from the origin once: {counts:?}"
+            );
             for e in 0..EDGES {
                 let seen = &log.lock()[&(e, s, q)];
-                assert_eq!(seen.via.first(), Some(want_mid), "stream {s} via its hash mid: {seen:?}");
+                assert_eq!(
+                    seen.via.first(),
+                    Some(want_mid),
+                    "stream {s} via its hash mid: {seen:?}"
+                );
                 assert_eq!(seen.retries, 0, "no errors before the kill: {seen:?}");
             }
         }
@@ -287,7 +307,16 @@ async fn hashed_mid_tier_splits_streams_and_survives_losing_a_mid() {
     let killed_at: Vec<u64> = {
         let l = log.lock();
         (0..STREAMS)
-            .map(|s| (0..EDGES).filter_map(|e| l.range((e, s, 0)..(e, s, u64::MAX)).next_back().map(|(k, _)| k.2)).max().unwrap())
+            .map(|s| {
+                (0..EDGES)
+                    .filter_map(|e| {
+                        l.range((e, s, 0)..(e, s, u64::MAX))
+                            .next_back()
+                            .map(|(k, _)| k.2)
+                    })
+                    .max()
+                    .unwrap()
+            })
             .collect()
     };
     mids[victim].kill();
@@ -312,11 +341,21 @@ async fn hashed_mid_tier_splits_streams_and_survives_losing_a_mid() {
                 assert_eq!(n, 1, "{path}: from the origin once (moved: {moved})");
             }
             for e in 0..EDGES {
-                let seen = l.get(&(e, s, q)).unwrap_or_else(|| panic!("edge {e} stream {s} chunk {q} lost"));
+                let seen = l
+                    .get(&(e, s, q))
+                    .unwrap_or_else(|| panic!("edge {e} stream {s} chunk {q} lost"));
                 retries += seen.retries;
                 if q > killed_at[s] + 4 {
-                    let want = if moved { &ids[orders[s][1]] } else { &ids[orders[s][0]] };
-                    assert_eq!(seen.via.first(), Some(want), "stream {s} chunk {q} (moved: {moved})");
+                    let want = if moved {
+                        &ids[orders[s][1]]
+                    } else {
+                        &ids[orders[s][0]]
+                    };
+                    assert_eq!(
+                        seen.via.first(),
+                        Some(want),
+                        "stream {s} chunk {q} (moved: {moved})"
+                    );
                 }
             }
         }
@@ -325,4 +364,121 @@ async fn hashed_mid_tier_splits_streams_and_survives_losing_a_mid() {
         "after the kill: 0 chunks lost, {retries} viewer retries, {} chunks checked",
         l.len()
     );
+}
+
+/// Starts a tree of in-process relays: `parents[i]` is the index of relay
+/// `i`'s parent (`None`: it fetches from the origin), parents first. Puts a
+/// viewer on the origin itself (level 0) and two (h1 and h2) on every relay
+/// for `chunks` chunks of stream 0; checks every chunk exact and fetched from
+/// the origin once; returns the median added delay of each level over the
+/// one above (complete chunk in hand, relay viewers vs the level above).
+async fn tree(parents: &[Option<usize>], chunks: u64) -> Vec<Duration> {
+    let origin_p = origin(1);
+    let origin = origin_p.addr;
+    let mut relays: Vec<mlcache::Running> = Vec::new();
+    let mut level = vec![0usize; parents.len() + 1]; // index 0: the origin
+    for (i, p) in parents.iter().enumerate() {
+        let mut cfg = relay_config(&format!("http://{origin}"));
+        cfg.id = Some(format!("r{i}"));
+        if let Some(p) = p {
+            cfg.upstream = vec![format!("http://{}", relays[*p].addr)];
+            level[i + 1] = level[*p + 1] + 1;
+        } else {
+            level[i + 1] = 1;
+        }
+        relays.push(relay(cfg).await);
+    }
+    let first = live_edge(origin, 0).await + 1;
+    let last = Arc::new(Mutex::new(first + chunks));
+    let log: Log = Arc::default();
+    // Viewer "relay" 0 is the origin itself (plain path requests).
+    let mut tasks = vec![tokio::spawn({
+        let (log, last) = (log.clone(), last.clone());
+        async move {
+            let end = *last.lock();
+            for q in first..end {
+                // `?control`: the origin counts by path and query, so this
+                // viewer's requests are told from the tree's.
+                let got = h1(origin, path_only(&format!("/live/0/{q}?control"))).await?;
+                if !(got.status == 200 && got.body.as_ref().is_ok_and(|b| exact(0, q, b))) {
+                    return Err(format!("origin chunk {q}: {got:?}"));
+                }
+                let seen = Seen {
+                    via: vec![],
+                    retries: 0,
+                    at: Instant::now(),
+                };
+                log.lock().insert((0, 0, q), seen);
+            }
+            Ok(())
+        }
+    })];
+    for (i, r) in relays.iter().enumerate() {
+        for use_h2 in [false, true] {
+            // Two viewers per relay: h2 ones are logged under a second index.
+            let index = (i + 1) * 2 + use_h2 as usize;
+            tasks.push(viewer(
+                r.addr,
+                index,
+                origin,
+                0,
+                first,
+                last.clone(),
+                use_h2,
+                log.clone(),
+            ));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let counts = origin_counts(origin).await;
+    let l = log.lock();
+    for q in first..first + chunks {
+        assert_eq!(
+            counts.get(&format!("/live/0/{q}")),
+            Some(&1),
+            "chunk {q}: origin requests per chunk must be 1"
+        );
+        for (k, s) in l.range((2, 0, q)..).filter(|(k, _)| k.2 == q) {
+            assert_eq!(s.retries, 0, "viewer {k:?} had errors");
+        }
+    }
+    // Per level: median over chunks of (latest arrival on the level -
+    // latest arrival on the level above).
+    let depth = *level.iter().max().unwrap();
+    let at = |lv: usize, q: u64| -> Instant {
+        l.iter()
+            .filter(|(k, _)| k.2 == q && level[k.0 / 2] == lv && (lv == 0) == (k.0 == 0))
+            .map(|(_, s)| s.at)
+            .max()
+            .unwrap()
+    };
+    (1..=depth)
+        .map(|lv| {
+            let mut d: Vec<Duration> = (first..first + chunks)
+                .map(|q| at(lv, q).saturating_duration_since(at(lv - 1, q)))
+                .collect();
+            d.sort();
+            d[d.len() / 2]
+        })
+        .collect()
+}
+
+/// origin → r0 → r1 → r2 → r3, viewers on the origin and every relay:
+/// origin requests per chunk 1.00.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn depth_four_chain_fetches_each_chunk_once() {
+    let delays = tree(&[None, Some(0), Some(1), Some(2)], 8).await;
+    eprintln!("chain of 4: added delay per level (median, complete chunk): {delays:?}");
+}
+
+/// origin → 1 → 3 → 9, viewers on the origin and every relay: origin
+/// requests per chunk 1.00.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_three_nine_tree_fetches_each_chunk_once() {
+    let mut parents = vec![None, Some(0), Some(0), Some(0)];
+    parents.extend((0..9).map(|i| Some(1 + i / 3)));
+    let delays = tree(&parents, 8).await;
+    eprintln!("1+3+9 tree: added delay per level (median, complete chunk): {delays:?}");
 }

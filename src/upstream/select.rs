@@ -128,12 +128,19 @@ mod tests {
         let mut first = [0usize; 4];
         let n = 4000;
         for s in 0..n {
-            let o = order(ParentSelect::Hash, &MIDS, &key(&format!("/live/s{s}/0.m4s")));
+            let o = order(
+                ParentSelect::Hash,
+                &MIDS,
+                &key(&format!("/live/s{s}/0.m4s")),
+            );
             first[o[0]] += 1;
         }
         for (i, c) in first.iter().enumerate() {
             // Expect 1000 each; 4 sigma of a binomial(4000, 1/4) is ~110.
-            assert!((880..=1120).contains(c), "parent {i} got {c} of {n}: {first:?}");
+            assert!(
+                (880..=1120).contains(c),
+                "parent {i} got {c} of {n}: {first:?}"
+            );
         }
     }
 
@@ -154,10 +161,17 @@ mod tests {
                 assert_eq!(after_url, MIDS[before[0]], "stream s{s} must not move");
             }
             // The survivors keep their relative order.
-            let kept: Vec<&str> = before.iter().filter(|&&i| i != 2).map(|&i| MIDS[i]).collect();
+            let kept: Vec<&str> = before
+                .iter()
+                .filter(|&&i| i != 2)
+                .map(|&i| MIDS[i])
+                .collect();
             let now: Vec<&str> = after.iter().map(|&i| three[i]).collect();
             assert_eq!(kept, now);
         }
-        assert!((380..=620).contains(&moved), "about a quarter moved: {moved}");
+        assert!(
+            (380..=620).contains(&moved),
+            "about a quarter moved: {moved}"
+        );
     }
 }
