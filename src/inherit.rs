@@ -76,7 +76,11 @@ impl Inherited {
                 "listen-tls" | "tls" => &mut got.listen_tls,
                 "admin" => &mut got.admin,
                 other => {
-                    tracing::warn!(fd, name = other, "inherited socket with an unknown name: closed");
+                    tracing::warn!(
+                        fd,
+                        name = other,
+                        "inherited socket with an unknown name: closed"
+                    );
                     continue;
                 }
             };

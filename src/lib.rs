@@ -386,7 +386,8 @@ async fn run_inner(config: Config, cli: Option<Cli>) -> Result<(), StartError> {
     let running = if inherited.is_empty() {
         start(config).await?
     } else {
-        let bind = |addr: SocketAddr| listen(addr).map_err(|source| StartError::Bind { addr, source });
+        let bind =
+            |addr: SocketAddr| listen(addr).map_err(|source| StartError::Bind { addr, source });
         let viewers = match inherited.listen {
             Some(l) => l,
             None => bind(config.listen)?,

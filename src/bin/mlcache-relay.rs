@@ -30,7 +30,11 @@ fn check_config(args: &[String]) -> i32 {
     let loaded = Cli::try_parse_from(cli)
         .map_err(|e| e.to_string())
         .and_then(|cli| Config::load(cli).map_err(|e| e.to_string()))
-        .and_then(|c| mlcache::Relay::new(c.clone()).map(|_| c).map_err(|e| e.to_string()));
+        .and_then(|c| {
+            mlcache::Relay::new(c.clone())
+                .map(|_| c)
+                .map_err(|e| e.to_string())
+        });
     match loaded {
         Ok(c) => match toml::to_string(&c.to_table()) {
             Ok(t) => {

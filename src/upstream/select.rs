@@ -23,7 +23,17 @@ use sha2::{Digest, Sha256};
 use crate::key::ChunkKey;
 
 /// How a relay orders its parents for a fetch.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Deserialize,
+    serde::Serialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum ParentSelect {
     /// As listed in `--upstream`: the first parent takes every miss.
