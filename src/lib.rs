@@ -15,6 +15,7 @@ pub mod config;
 pub mod connect;
 pub mod ece;
 pub mod flight;
+pub mod inherit;
 pub mod key;
 pub mod manifest;
 pub mod metrics;
@@ -59,6 +60,38 @@ impl Running {
     /// Waits until the relay has drained after `shutdown` was cancelled.
     pub async fn join(self) {
         let _ = self.task.await;
+    }
+
+    /// Applies a reloaded configuration (SIGHUP; `new` comes from
+    /// [`Config::load`], so it is validated and keeps flags over
+    /// environment over file over defaults): the allow-list, parents and
+    /// limits ([`relay::LIVE_SETTINGS`]) are swapped for new requests,
+    /// viewers in flight are untouched, and any other changed setting is
+    /// logged as ignored (it needs a restart). The TLS certificate is read
+    /// again too. A configuration that cannot be applied is refused with a
+    /// log line and the old one stays.
+    pub fn reload_config(&self, new: Result<Config, config::ConfigError>) -> bool {
+        let new = match new {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "configuration reload refused: still running the old configuration");
+                return false;
+            }
+        };
+        match self.relay.reload(new) {
+            Ok(ignored) => {
+                let live = self.relay.live();
+                tracing::info!(origins = ?live.config.allow_origin, upstreams = ?live.config.upstream, parent_select = ?live.config.parent_select, "configuration reloaded");
+                if !ignored.is_empty() {
+                    tracing::warn!(settings = ?ignored, "changed settings that need a restart were ignored");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "configuration reload refused: still running the old configuration");
+                return false;
+            }
+        }
+        self.reload_tls().is_ok()
     }
 
     /// Reads the TLS certificate and key files again (SIGHUP) and presents
@@ -296,9 +329,10 @@ impl Signals {
         })
     }
 
-    /// Waits for SIGTERM or SIGINT. SIGHUP is logged and ignored.
+    /// Waits for SIGTERM or SIGINT. SIGHUP is logged and ignored (this
+    /// waits out a drain, when there is nothing left to reload).
     pub async fn until_stop(&mut self) {
-        self.until_stop_or(|| tracing::info!("SIGHUP: reload not supported yet, ignored"))
+        self.until_stop_or(|| tracing::info!("SIGHUP while stopping: ignored"))
             .await
     }
 
@@ -323,8 +357,21 @@ impl Signals {
 /// Runs a relay until SIGTERM or Ctrl-C, then drains it (see [`start`]); a
 /// second SIGTERM or Ctrl-C during the drain stops at once. Prints
 /// `listening ADDR` (and `admin ADDR`) on stdout first, so scripts that start
-/// it on port 0 learn where it is.
+/// it on port 0 learn where it is. SIGHUP reloads the TLS certificate only
+/// (see [`run_cli`] for a configuration reload).
 pub async fn run(config: Config) -> Result<(), StartError> {
+    run_inner(config, None).await
+}
+
+/// [`run`] for a command line: SIGHUP loads the configuration again from
+/// `cli` (re-reading its `--config` file) and applies it
+/// ([`Running::reload_config`]).
+pub async fn run_cli(cli: Cli) -> Result<(), StartError> {
+    let config = Config::load(cli.clone()).map_err(StartError::Config)?;
+    run_inner(config, Some(cli)).await
+}
+
+async fn run_inner(config: Config, cli: Option<Cli>) -> Result<(), StartError> {
     let (soft, _) = raise_fd_limit();
     if (soft as usize) < config.max_connections + 64 {
         tracing::warn!(
@@ -334,7 +381,29 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         );
     }
     let mut signals = Signals::install().map_err(StartError::Signal)?;
-    let running = start(config).await?;
+    let inherited = inherit::Inherited::take(config.listen_tls.is_some(), config.admin.is_some())
+        .map_err(StartError::Inherit)?;
+    let running = if inherited.is_empty() {
+        start(config).await?
+    } else {
+        let bind =
+            |addr: SocketAddr| listen(addr).map_err(|source| StartError::Bind { addr, source });
+        let viewers = match inherited.listen {
+            Some(l) => l,
+            None => bind(config.listen)?,
+        };
+        let tls = match (inherited.listen_tls, config.listen_tls) {
+            (Some(l), _) => Some(l),
+            (None, Some(a)) => Some(bind(a)?),
+            (None, None) => None,
+        };
+        let admin = match (inherited.admin, config.admin) {
+            (Some(l), _) => Some(l),
+            (None, Some(a)) => Some(bind(a)?),
+            (None, None) => None,
+        };
+        start_on_tls(config, viewers, tls, admin).await?
+    };
     println!("listening {}", running.addr);
     if let Some(a) = running.tls_addr {
         println!("tls {a}");
@@ -342,18 +411,17 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     if let Some(a) = running.admin {
         println!("admin {a}");
     }
-    // SIGHUP reloads the TLS certificate only; the rest of the
-    // configuration stays as started.
     signals
-        .until_stop_or(|| {
-            if running.tls.is_some() {
+        .until_stop_or(|| match &cli {
+            Some(cli) => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                running.reload_config(Config::load(cli.clone()));
+            }
+            None if running.tls.is_some() => {
                 tracing::info!("SIGHUP: reloading the TLS certificate");
                 let _ = running.reload_tls();
-            } else {
-                // Same words as `until_stop`: the configuration is not
-                // reloaded (issue 11), and without TLS there is nothing else.
-                tracing::info!("SIGHUP: reload not supported yet, ignored (no --listen-tls, so no certificate to reload)");
             }
+            None => tracing::info!("SIGHUP: no configuration source to reload, ignored"),
         })
         .await;
     running.shutdown.cancel();
@@ -381,6 +449,12 @@ pub enum StartError {
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signal(std::io::Error),
+    /// The configuration could not be loaded.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// Inherited listening sockets (`LISTEN_FDS`) could not be used.
+    #[error("inherited listening socket: {0}")]
+    Inherit(std::io::Error),
     /// The TLS certificate or key could not be loaded.
     #[error("TLS listener: {0}")]
     Tls(#[from] server::CertError),

@@ -23,7 +23,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use clap::parser::ValueSource;
 use clap::{Arg, ArgMatches, Args, CommandFactory, FromArgMatches, Parser};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +60,7 @@ const DRAIN: &str = "Connections and shutdown";
 
 /// Every setting of a relay. Each field is a flag, a TOML key and an
 /// `MLCACHE_*` environment variable (see the module doc).
-#[derive(Debug, Clone, Args, Deserialize)]
+#[derive(Debug, Clone, Args, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Config {
     /// Address to serve viewers and child relays on (HTTP/1.1 and h2c on one
@@ -77,6 +77,12 @@ pub struct Config {
     /// whichever relay answers the anycast probe (repeatable).
     #[arg(long, env = "MLCACHE_UPSTREAM", value_name = "URL", value_delimiter = ',', help_heading = NET)]
     pub upstream: Vec<String>,
+    /// How the parents are ordered for a fetch: `ordered` (as listed: the
+    /// first takes every miss) or `hash` (rendezvous hash of the stream, the
+    /// key's path up to its last `/`: each parent of a mid tier takes its
+    /// share of the streams, the next in hash order when it is down).
+    #[arg(long, env = "MLCACHE_PARENT_SELECT", value_enum, default_value = "ordered", help_heading = NET)]
+    pub parent_select: crate::upstream::ParentSelect,
     /// Address for /metrics and /healthz (default: off).
     #[arg(long, env = "MLCACHE_ADMIN", help_heading = NET)]
     pub admin: Option<SocketAddr>,
@@ -336,6 +342,25 @@ impl Config {
         config.update_from_arg_matches(&given)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The settings as a TOML table (keys as in the file), sizes in exact
+    /// bytes: `check-config` prints it, and a reload compares two of them.
+    pub fn to_table(&self) -> toml::Table {
+        let mut t = toml::Table::try_from(self).unwrap_or_default();
+        let sizes = [
+            ("cache-size", Some(self.cache_size)),
+            ("max-object-size", Some(self.max_object_size)),
+            ("max-header-size", Some(self.max_header_size)),
+            ("max-upstream-head", Some(self.max_upstream_head)),
+            ("memory-limit", self.memory_limit_bytes),
+        ];
+        for (k, v) in sizes {
+            if let Some(v) = v {
+                t.insert(k.into(), toml::Value::Integer(v.as_u64() as i64));
+            }
+        }
+        t
     }
 
     /// The memory budget: `--memory-limit`, or by default twice the cache

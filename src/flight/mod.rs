@@ -110,7 +110,8 @@ pub struct Flights {
     pub cache: Cache,
     /// The one memory budget.
     pub budget: Arc<Budget>,
-    limits: Limits,
+    /// Swapped whole by a configuration reload (SIGHUP).
+    limits: parking_lot::RwLock<Limits>,
     parked: AtomicUsize,
     metrics: Arc<Metrics>,
     /// Per origin, the size of the last body that did not fit, and when:
@@ -139,11 +140,23 @@ impl Flights {
             table: Mutex::new(Table::default()),
             cache,
             budget,
-            limits,
+            limits: parking_lot::RwLock::new(limits),
             parked: AtomicUsize::new(0),
             metrics,
             shortfall: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The admission limits in force.
+    pub fn limits(&self) -> Limits {
+        *self.limits.read()
+    }
+
+    /// Replaces the admission limits (a configuration reload): requests
+    /// admitted from now on are checked against `limits`; viewers already
+    /// parked stay.
+    pub fn set_limits(&self, limits: Limits) {
+        *self.limits.write() = limits;
     }
 
     /// Viewers attached to slots right now.
@@ -164,7 +177,7 @@ impl Flights {
             return Ok(Join::Hit(entry));
         }
         if let Some(slot) = table.slots.get(key) {
-            if slot.viewers() >= self.limits.max_viewers_per_slot {
+            if slot.viewers() >= self.limits().max_viewers_per_slot {
                 return Err(Refused::SlotFull);
             }
             let place = self.place()?;
@@ -205,11 +218,11 @@ impl Flights {
     /// The fetch limits and the budget. Evicts cache entries when the budget
     /// is short, before refusing.
     fn admit(&self, table: &mut Table, key: &ChunkKey) -> Result<(), Refused> {
-        if table.slots.len() >= self.limits.max_fetches {
+        if table.slots.len() >= self.limits().max_fetches {
             return Err(Refused::Fetches);
         }
         if table.per_origin.get(&key.authority).copied().unwrap_or(0)
-            >= self.limits.max_fetches_per_origin
+            >= self.limits().max_fetches_per_origin
         {
             return Err(Refused::OriginFetches);
         }
@@ -217,7 +230,7 @@ impl Flights {
             Some((n, at)) if at.elapsed() < SHORTFALL_MEMORY => *n,
             _ => 0,
         };
-        let reserve = self.limits.admit_reserve.max(recent);
+        let reserve = self.limits().admit_reserve.max(recent);
         if !self.budget.has_room(reserve) {
             let evicted = self.cache.shed(|| self.budget.has_room(reserve));
             self.metrics.cache_evictions.inc_by(evicted as u64);
@@ -243,7 +256,7 @@ impl Flights {
 
     fn place(self: &Arc<Self>) -> Result<Place, Refused> {
         let prev = self.parked.fetch_add(1, Ordering::Relaxed);
-        if prev >= self.limits.max_parked {
+        if prev >= self.limits().max_parked {
             self.parked.fetch_sub(1, Ordering::Relaxed);
             return Err(Refused::Parked);
         }

@@ -83,7 +83,10 @@ impl Relay {
         let mut hold = Hold::default();
         let (resp, source) = loop {
             let asked = Instant::now();
-            let fetched = self.upstream.fetch(key, origin, via).await;
+            // The client of the settings in force when this poll starts: a
+            // reload applies from the next poll on.
+            let upstream = self.live().upstream().clone();
+            let fetched = upstream.fetch(key, origin, via).await;
             let (resp, source) = match fetched {
                 Ok(r) => r,
                 Err(e) => {

@@ -9,7 +9,16 @@
 //! back with a storage decision: a complete, cacheable body goes into the
 //! cache, anything else ends the slot (with an error if the body broke).
 //!
-//! This file holds the [`Relay`] itself (setup, identity, [`Relay::join`]);
+//! The settings a SIGHUP may change (allow-list, parents, upstream
+//! timeouts and limits, admission limits: [`LIVE_SETTINGS`]) live in one
+//! [`Live`] behind an `RwLock<Arc<..>>`: a request clones the `Arc` out and
+//! never holds the lock across an `.await`; [`Relay::reload`] builds a new
+//! one and swaps it whole, so a request sees either the old or the new
+//! settings, never a mix, and fills already running finish on the upstream
+//! client they started with.
+//!
+//! This file holds the [`Relay`] itself (setup, identity, [`Relay::join`],
+//! reload);
 //! `fill.rs` the fill task; `hold.rs` the `--hold-404` hold on a plain
 //! origin's 404 (re-polled like "not yet"); `link.rs` what the fill does to upstream headers
 //! (hop-by-hop stripping, `Link: rel=next` for prefetch).
@@ -90,13 +99,47 @@ pub enum Answer {
     },
 }
 
-/// One relay: its configuration, flights (cache, slots, budget) and upstream
-/// client.
-pub struct Relay {
-    /// The resolved configuration.
+/// The settings a reload can change without a restart (TOML keys): the
+/// rest (listen addresses, cache and memory sizes, connection settings, id,
+/// CORS, TTLs, drain timings, ...) is read once at start and a reload that
+/// changes them logs that they were ignored.
+pub const LIVE_SETTINGS: &[&str] = &[
+    "allow-origin",
+    "upstream",
+    "parent-select",
+    "upstream-ca",
+    "origin-ca",
+    "connect-timeout",
+    "upstream-hold",
+    "max-upstream-head",
+    "max-viewers-per-slot",
+    "max-parked",
+    "max-inflight-fetches",
+    "max-inflight-fetches-per-origin",
+    "max-header-size",
+    "max-wait",
+    // Read again from their files on every SIGHUP anyway.
+    "tls-cert",
+    "tls-key",
+];
+
+/// What a reload swaps: the configuration it came from, the allow-list and
+/// the upstream client.
+pub struct Live {
+    /// The configuration as last (re)loaded; only [`LIVE_SETTINGS`] of it
+    /// are used from here.
     pub config: Config,
     /// The allow-list.
     pub origins: OriginSet,
+    upstream: Arc<Upstream>,
+}
+
+/// One relay: its configuration, flights (cache, slots, budget) and upstream
+/// client.
+pub struct Relay {
+    /// The configuration as started. Settings a reload may change
+    /// ([`LIVE_SETTINGS`]) are read from [`Relay::live`] instead.
+    pub config: Config,
     /// Cache, in-flight slots, admission and the memory budget.
     pub flights: Arc<Flights>,
     /// Metrics shared with the servers.
@@ -107,40 +150,16 @@ pub struct Relay {
     pub via_entry: HeaderValue,
     /// Which page origins may read responses (`--cors`).
     pub cors: crate::server::Cors,
-    upstream: Upstream,
+    live: parking_lot::RwLock<Arc<Live>>,
     draining: AtomicBool,
 }
 
 impl Relay {
     /// Builds a relay from a validated configuration.
     pub fn new(config: Config) -> Result<Arc<Relay>, SetupError> {
-        let origins = OriginSet::parse(&config.allow_origin)?;
         let metrics = Arc::new(Metrics::new());
         let id = config.id.clone().unwrap_or_else(random_id);
-        let origin_ca = match &config.origin_ca {
-            Some(p) => Some(std::fs::read(p).map_err(|e| SetupError::OriginCa(p.clone(), e))?),
-            None => None,
-        };
-        let upstream = Upstream::with_limits(
-            &config.upstream,
-            id.clone(),
-            origin_ca.as_deref(),
-            Timeouts {
-                connect: config.connect_timeout,
-                head: config.upstream_hold,
-            },
-            metrics.clone(),
-            UpstreamLimits {
-                max_head: config.max_upstream_head.as_u64() as usize,
-            },
-        )?;
-        let upstream = match &config.upstream_ca {
-            Some(p) => {
-                let pem = std::fs::read(p).map_err(|e| SetupError::UpstreamCa(p.clone(), e))?;
-                upstream.with_parent_ca(Some(&pem))?
-            }
-            None => upstream,
-        };
+        let live = Live::build(&config, &id, &metrics, None)?;
         let cors = crate::server::Cors::parse(&config.cors)?;
         let memory = config.memory_limit().as_u64() as usize;
         let flights = Flights::new(
@@ -149,28 +168,40 @@ impl Relay {
                 config.max_object_size.as_u64() as usize,
             ),
             Budget::new(memory),
-            Limits {
-                max_viewers_per_slot: config.max_viewers_per_slot,
-                max_parked: config.max_parked,
-                max_fetches: config.max_inflight_fetches,
-                max_fetches_per_origin: config.max_inflight_fetches_per_origin,
-                admit_reserve: (memory / 32).max(64 * 1024),
-            },
+            admission(&config),
             metrics.clone(),
         );
         metrics.memory_limit.set(memory as i64);
         Ok(Arc::new(Relay {
             flights,
-            origins,
             metrics,
             via_entry: HeaderValue::from_str(&protocol::via_entry(&id))
                 .map_err(|_| SetupError::BadId(id.clone()))?,
             id,
             cors,
-            upstream,
+            live: parking_lot::RwLock::new(Arc::new(live)),
             draining: AtomicBool::new(false),
             config,
         }))
+    }
+
+    /// The settings in force now (see [`LIVE_SETTINGS`]). Clone out, use,
+    /// drop: never hold it across a long wait if the newest settings matter.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.read().clone()
+    }
+
+    /// Applies a reloaded, validated configuration: builds the new
+    /// allow-list and upstream client (keeping the idle origin connections)
+    /// and swaps them in with the admission limits. Returns the settings
+    /// that changed but need a restart (ignored). On error nothing changes.
+    pub fn reload(&self, new: Config) -> Result<Vec<String>, SetupError> {
+        let old = self.live();
+        let live = Live::build(&new, &self.id, &self.metrics, Some(old.upstream.pool()))?;
+        let ignored = restart_only_changes(&self.config, &new);
+        self.flights.set_limits(admission(&new));
+        *self.live.write() = Arc::new(live);
+        Ok(ignored)
     }
 
     /// Whether `via` (a request's Via header values) already names this relay.
@@ -274,6 +305,77 @@ impl Relay {
             self.spawn_fill(fill, origin, via);
         }
     }
+}
+
+impl Live {
+    fn build(
+        config: &Config,
+        id: &str,
+        metrics: &Arc<Metrics>,
+        pool: Option<Arc<crate::upstream::OriginPool>>,
+    ) -> Result<Live, SetupError> {
+        let origins = OriginSet::parse(&config.allow_origin)?;
+        let origin_ca = match &config.origin_ca {
+            Some(p) => Some(std::fs::read(p).map_err(|e| SetupError::OriginCa(p.clone(), e))?),
+            None => None,
+        };
+        let mut upstream = Upstream::with_limits(
+            &config.upstream,
+            id.to_string(),
+            origin_ca.as_deref(),
+            Timeouts {
+                connect: config.connect_timeout,
+                head: config.upstream_hold,
+            },
+            metrics.clone(),
+            UpstreamLimits {
+                max_head: config.max_upstream_head.as_u64() as usize,
+            },
+        )?
+        .with_select(config.parent_select);
+        if let Some(p) = &config.upstream_ca {
+            let pem = std::fs::read(p).map_err(|e| SetupError::UpstreamCa(p.clone(), e))?;
+            upstream = upstream.with_parent_ca(Some(&pem))?;
+        }
+        if let Some(pool) = pool {
+            upstream = upstream.with_pool(pool);
+        }
+        Ok(Live {
+            config: config.clone(),
+            origins,
+            upstream: Arc::new(upstream),
+        })
+    }
+
+    /// The upstream client (parents in `--parent-select` order, origin).
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.upstream
+    }
+}
+
+/// The admission limits of `config`.
+fn admission(config: &Config) -> Limits {
+    let memory = config.memory_limit().as_u64() as usize;
+    Limits {
+        max_viewers_per_slot: config.max_viewers_per_slot,
+        max_parked: config.max_parked,
+        max_fetches: config.max_inflight_fetches,
+        max_fetches_per_origin: config.max_inflight_fetches_per_origin,
+        admit_reserve: (memory / 32).max(64 * 1024),
+    }
+}
+
+/// The settings (TOML keys) that differ between `old` and `new` and are not
+/// in [`LIVE_SETTINGS`].
+pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
+    let (a, b) = (old.to_table(), new.to_table());
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| !LIVE_SETTINGS.contains(&k.as_str()) && a.get(*k) != b.get(*k))
+        .cloned()
+        .collect()
 }
 
 fn random_id() -> String {

@@ -39,7 +39,7 @@ fn probe_answer(relay: &Relay, local: SocketAddr) -> Response<Body> {
         relay.config.advertise.clone()
     };
     let parked = relay.parked();
-    let max = relay.config.max_parked;
+    let max = relay.flights.limits().max_parked;
     let answer = crate::probe::ProbeAnswer {
         id: relay.id.clone(),
         urls,
@@ -100,7 +100,7 @@ fn check_header_size(relay: &Relay, req: &Request<()>) -> Result<(), RequestErro
             .iter()
             .map(|(k, v)| k.as_str().len() + v.len() + 4)
             .sum::<usize>();
-    if header_bytes as u64 > relay.config.max_header_size.as_u64() {
+    if header_bytes as u64 > relay.live().config.max_header_size.as_u64() {
         return Err(RequestError::HeaderTooLarge(header_bytes));
     }
     Ok(())
@@ -124,7 +124,7 @@ async fn respond(relay: &Arc<Relay>, req: Request<()>) -> Result<Response<Body>,
         return Err(RequestError::Loop(relay.id.clone()));
     }
     let raw = RawKey::from_request(&req)?;
-    let (key, origin) = relay.origins.resolve(&raw)?;
+    let (key, origin) = relay.live().origins.resolve(&raw)?;
     tracing::Span::current().record("key", tracing::field::display(&key));
     let range = req.headers().get(http::header::RANGE).cloned();
     let (parked, opened) = match relay.join(&key, &origin, || relay.via_upstream(via.iter()))? {
@@ -141,11 +141,12 @@ async fn respond(relay: &Arc<Relay>, req: Request<()>) -> Result<Response<Body>,
     } = parked;
     let joined = Instant::now();
     tracing::debug!(viewers = slot.viewers(), opened, "parked on slot");
-    let head = match tokio::time::timeout(relay.config.max_wait, viewer.head()).await {
+    let max_wait = relay.live().config.max_wait;
+    let head = match tokio::time::timeout(max_wait, viewer.head()).await {
         Ok(HeadWait::Head(h)) => h,
         Ok(HeadWait::Failed(e)) => return Err(e.into()),
         Err(_) if viewer.saw_not_yet() => Arc::new(not_yet_head()),
-        Err(_) => return Err(RequestError::Timeout(relay.config.max_wait)),
+        Err(_) => return Err(RequestError::Timeout(max_wait)),
     };
     let not_yet = crate::protocol::is_not_yet(head.status, &head.headers);
     relay.metrics.request(match (not_yet, opened) {

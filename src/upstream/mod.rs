@@ -1,5 +1,6 @@
-//! The client side of a relay: asks parent relays, in order, and falls back to
-//! the origin itself.
+//! The client side of a relay: asks parent relays, in order (as listed, or
+//! by rendezvous hash of the stream: `--parent-select`, see `select`), and
+//! falls back to the origin itself.
 //!
 //! Parents are spoken to over HTTP/2 with prior knowledge (`http://`), or
 //! over TLS with ALPN `h2` (`https://`, trusting `--upstream-ca` or the
@@ -53,12 +54,14 @@
 //! [`Blame`] and [`UpstreamError`], and how a hyper error is classified;
 //! `parent` the HTTP/2 connection to one parent (probe, mark-down, stale
 //! retry); `origin_pool` the HTTP/1.1 keep-alive pool and the origin
-//! request; `head` the checks a response head passes before anyone sees it.
+//! request; `head` the checks a response head passes before anyone sees it;
+//! `select` the order of the parents for one key (`--parent-select`).
 
 mod error;
 mod head;
 mod origin_pool;
 mod parent;
+mod select;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,6 +74,7 @@ use crate::metrics::Metrics;
 
 pub use error::{Blame, Failure, UpstreamError};
 pub use origin_pool::OriginPool;
+pub use select::{order as parent_order, stream_of, ParentSelect};
 
 use parent::Parent;
 
@@ -140,6 +144,7 @@ pub struct Upstream {
     /// For `https://` parents: ALPN `h2`, `--upstream-ca` or webpki roots.
     parent_tls: Arc<rustls::ClientConfig>,
     parents: Vec<Parent>,
+    select: ParentSelect,
     pool: Arc<OriginPool>,
     timeouts: Timeouts,
     limits: UpstreamLimits,
@@ -168,6 +173,7 @@ impl Upstream {
             tls,
             parent_tls,
             parents,
+            select: ParentSelect::Ordered,
             pool: Arc::new(OriginPool::default()),
             timeouts,
             limits,
@@ -182,6 +188,25 @@ impl Upstream {
         Ok(self)
     }
 
+    /// Orders the parents per key by `select` (`--parent-select`; default
+    /// [`ParentSelect::Ordered`]).
+    pub fn with_select(mut self, select: ParentSelect) -> Upstream {
+        self.select = select;
+        self
+    }
+
+    /// Shares `pool` for origin connections instead of a new one (a
+    /// reloaded configuration keeps the old client's idle connections).
+    pub fn with_pool(mut self, pool: Arc<OriginPool>) -> Upstream {
+        self.pool = pool;
+        self
+    }
+
+    /// The shared origin connection pool.
+    pub fn pool(&self) -> Arc<OriginPool> {
+        self.pool.clone()
+    }
+
     /// Whether parent `index` (into `--upstream`) is marked down right now.
     pub fn parent_down(&self, index: usize) -> bool {
         self.parents.get(index).is_some_and(Parent::is_down)
@@ -192,7 +217,8 @@ impl Upstream {
         &self.pool
     }
 
-    /// Fetches `key`: each parent in order, then the origin. `via` is the
+    /// Fetches `key`: each parent in the order `--parent-select` gives for
+    /// it, then the origin. `via` is the
     /// request's `Via` with this relay's entry already appended. The retry
     /// rules are in the module doc.
     pub async fn fetch(
@@ -201,7 +227,9 @@ impl Upstream {
         origin: &Origin,
         via: &HeaderValue,
     ) -> Result<(Response<Incoming>, Source), UpstreamError> {
-        for (i, parent) in self.parents.iter().enumerate() {
+        let urls: Vec<&str> = self.parents.iter().map(|p| p.url.as_str()).collect();
+        for i in select::order(self.select, &urls, key) {
+            let parent = &self.parents[i];
             if parent.is_down() {
                 self.metrics.upstream("parent", "skipped_down");
                 continue;
