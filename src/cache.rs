@@ -214,6 +214,14 @@ impl Cache {
         }
     }
 
+    /// Calls `f` with every entry (stale ones too), under the cache lock (the
+    /// status page; keep `f` cheap, it holds up lookups).
+    pub fn visit(&self, mut f: impl FnMut(&ChunkKey, &Entry)) {
+        for (key, stored) in self.inner.lock().lru.iter() {
+            f(key, &stored.entry);
+        }
+    }
+
     /// The configured capacity in bytes.
     pub fn capacity(&self) -> usize {
         self.capacity

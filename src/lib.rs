@@ -27,6 +27,7 @@ pub mod ratelog;
 pub mod relay;
 pub mod server;
 pub mod slot;
+pub mod status;
 pub mod tls;
 pub mod upstream;
 

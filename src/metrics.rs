@@ -70,6 +70,9 @@ pub struct Metrics {
     /// Seconds from a chunk's first upstream byte to that byte reaching each
     /// viewer that was already waiting for it.
     pub delivery: Histogram,
+    /// The same observations in ten-second windows for the status page
+    /// (see [`Metrics::observe_delivery`]).
+    pub delivery_recent: crate::status::DelayRing,
     /// Chunk bytes held against `--memory-limit` (cache, slots, bodies still
     /// streaming, piece overhead).
     pub memory_used: Gauge,
@@ -110,6 +113,7 @@ impl Metrics {
             cache_entries: Gauge::default(),
             cache_evictions: Counter::default(),
             delivery: Histogram::new(exponential_buckets(0.000_01, 2.0, 22)),
+            delivery_recent: crate::status::DelayRing::new(),
             memory_used: Gauge::default(),
             memory_limit: Gauge::default(),
             registry: Registry::default(),
@@ -218,6 +222,20 @@ impl Metrics {
         self.requests
             .get_or_create(&[("result", outcome.label())])
             .inc();
+    }
+
+    /// Reads one `requests` counter.
+    pub fn requests_of(&self, outcome: Outcome) -> u64 {
+        self.requests
+            .get_or_create(&[("result", outcome.label())])
+            .get()
+    }
+
+    /// Records one delivery delay (seconds) in the histogram and in the
+    /// status page's recent windows.
+    pub fn observe_delivery(&self, secs: f64) {
+        self.delivery.observe(secs);
+        self.delivery_recent.record(secs);
     }
 
     /// Counts one upstream fetch.

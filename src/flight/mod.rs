@@ -169,6 +169,14 @@ impl Flights {
         self.table.lock().slots.len()
     }
 
+    /// Calls `f` with every slot in flight, under the table lock (the status
+    /// page; keep `f` cheap, it holds up admission).
+    pub fn visit_slots(&self, mut f: impl FnMut(&ChunkKey, &Slot)) {
+        for (key, slot) in &self.table.lock().slots {
+            f(key, slot);
+        }
+    }
+
     /// Answers from the cache, joins the slot in flight, or admits a new
     /// fetch and opens its slot.
     pub fn join(self: &Arc<Self>, key: &ChunkKey) -> Result<Join, Refused> {

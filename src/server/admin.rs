@@ -1,10 +1,11 @@
-//! The admin listener: `/metrics` (OpenMetrics text) and `/healthz` (503
-//! while draining), over plain HTTP/1.1 on its own port.
+//! The admin listener: `/metrics` (OpenMetrics text), `/healthz` (503
+//! while draining), `/status.json` and the status page at `/` (see
+//! [`crate::status`]), over plain HTTP/1.1 on its own port. All read-only.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use http::{Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -13,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{local_response, AcceptBackoff, Body};
 use crate::relay::Relay;
+use crate::status::Status;
 
-/// Serves `/metrics` and `/healthz` until `stop` fires (after the viewer
+/// Serves `/metrics`, `/healthz`, `/status.json` and `/` until `stop` fires (after the viewer
 /// listener has drained, so health checks see 503 for the whole drain).
 pub async fn serve_admin(relay: Arc<Relay>, listener: TcpListener, stop: CancellationToken) {
     let mut backoff = AcceptBackoff::new("admin");
@@ -61,6 +63,28 @@ fn admin(relay: &Relay, path: &str) -> Response<Body> {
             "draining\n".into(),
         ),
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".into()),
+        "/status.json" => (
+            StatusCode::OK,
+            "application/json",
+            Status::of(relay).to_json(),
+        ),
+        "/" => {
+            let mut resp = local_response(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                crate::status::PAGE,
+            );
+            let h = resp.headers_mut();
+            // The page needs nothing but itself and /status.json.
+            h.insert(http::header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self'",
+            ));
+            h.insert(
+                http::header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            );
+            return resp;
+        }
         _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     };
     local_response(status, ctype, body)

@@ -190,7 +190,7 @@ async fn respond(relay: &Arc<Relay>, req: Request<()>) -> Result<Response<Body>,
             // then (a late joiner was not kept waiting by the fan-out).
             if std::mem::take(&mut first) {
                 if let Some(t) = slot.first_byte().filter(|t| *t >= joined) {
-                    relay.metrics.delivery.observe(t.elapsed().as_secs_f64());
+                    relay.metrics.observe_delivery(t.elapsed().as_secs_f64());
                 }
             }
             relay.metrics.bytes_out.inc_by(b.len() as u64);

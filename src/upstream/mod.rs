@@ -212,6 +212,14 @@ impl Upstream {
         self.parents.get(index).is_some_and(Parent::is_down)
     }
 
+    /// Every parent as configured, and whether it is marked down right now.
+    pub fn parents(&self) -> Vec<(String, bool)> {
+        self.parents
+            .iter()
+            .map(|p| (p.url.clone(), p.is_down()))
+            .collect()
+    }
+
     /// The origin connection pool (for diagnostics and tests).
     pub fn origin_pool(&self) -> &OriginPool {
         &self.pool
