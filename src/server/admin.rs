@@ -77,7 +77,7 @@ fn admin(relay: &Relay, path: &str) -> Response<Body> {
             let h = resp.headers_mut();
             // The page needs nothing but itself and /status.json.
             h.insert(http::header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(
-                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self'",
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:",
             ));
             h.insert(
                 http::header::X_CONTENT_TYPE_OPTIONS,

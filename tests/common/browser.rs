@@ -131,3 +131,22 @@ pub fn latency(tabs: &[Tab], label: &str) -> Option<f64> {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied()
 }
+
+/// Opens the status page at `url` with `tests/browser/status.mjs`, waits for
+/// `polls` renders and returns what it printed: `shown` (the figures as the
+/// page displays them), `requests` (every URL the page loaded) and `errors`.
+/// Blocking.
+pub fn status_page(url: &str, polls: u32, screenshot: Option<&Path>) -> serde_json::Value {
+    let mut cmd = Command::new("node");
+    cmd.arg(dir().join("status.mjs"))
+        .args(["--url", url, "--polls", &polls.to_string()])
+        .args(["--chromium", CHROMIUM])
+        .current_dir(dir())
+        .stderr(Stdio::inherit());
+    if let Some(s) = screenshot {
+        cmd.arg("--screenshot").arg(s);
+    }
+    let out = cmd.output().expect("run node status.mjs");
+    assert!(out.status.success(), "status.mjs failed: {:?}", out.status);
+    serde_json::from_slice(&out.stdout).expect("status.mjs JSON")
+}
