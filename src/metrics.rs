@@ -78,6 +78,10 @@ pub struct Metrics {
     pub memory_used: Gauge,
     /// `--memory-limit` in bytes.
     pub memory_limit: Gauge,
+    /// Parent relays configured (`--upstream`), set when rendered.
+    pub parents: Gauge,
+    /// Parent relays not marked down, set when rendered.
+    pub parents_up: Gauge,
     /// Error responses (refused or failed requests) by reason.
     errors: Family<Labels, Counter>,
     /// Downstream connections the relay closed, by reason.
@@ -116,6 +120,8 @@ impl Metrics {
             delivery_recent: crate::status::DelayRing::new(),
             memory_used: Gauge::default(),
             memory_limit: Gauge::default(),
+            parents: Gauge::default(),
+            parents_up: Gauge::default(),
             registry: Registry::default(),
             shed_log: RateLog::new("requests shed", Level::Warn, errors.clone()),
             refused_log: RateLog::new("requests refused", Level::Info, errors.clone()),
@@ -193,6 +199,16 @@ impl Metrics {
             "memory_limit_bytes",
             "The memory budget",
             m.memory_limit.clone(),
+        );
+        registry.register(
+            "upstream_parents",
+            "Parent relays configured (--upstream)",
+            m.parents.clone(),
+        );
+        registry.register(
+            "upstream_parents_up",
+            "Parent relays not marked down right now",
+            m.parents_up.clone(),
         );
         registry.register(
             "error_responses",

@@ -205,12 +205,24 @@ async fn status_json_matches_metrics_across_a_tree() {
     let mut cc = relay_config(&t.origin.url());
     cc.upstream = vec![format!("http://{}", dead.addr)];
     let c = relay(cc).await;
-    let got = h1(c.addr, proxy_get(t.origin.addr, "/live/0/0"))
-        .await
-        .unwrap();
-    assert_eq!(got.status, StatusCode::OK, "fell back to the origin");
-    let sc = status(c.admin.unwrap()).await;
-    assert_eq!(sc["upstreams"][0]["up"], false);
+    // The mark-down lasts PARENT_DOWN_BACKOFF (1 s): a slow machine may
+    // read after it ended, so each try marks it down afresh (a cache miss).
+    let mut seen = false;
+    for n in 0..5 {
+        let got = h1(c.addr, proxy_get(t.origin.addr, &format!("/vod/{n}")))
+            .await
+            .unwrap();
+        assert_eq!(got.status, StatusCode::OK, "fell back to the origin");
+        let sc = status(c.admin.unwrap()).await;
+        let mc = metrics(c.admin.unwrap()).await;
+        assert_eq!(sample(&mc, "mlcache_upstream_parents"), 1.0);
+        if sc["upstreams"][0]["up"] == false && sample(&mc, "mlcache_upstream_parents_up") == 0.0 {
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "the dead parent never showed as down");
+    assert_eq!(sample(&m, "mlcache_upstream_parents_up"), 1.0);
     t.finish().await;
 }
 

@@ -253,7 +253,7 @@ impl Relay {
     }
 
     /// Prometheus text, with the gauges that are read rather than counted
-    /// (memory, cache) brought up to date first.
+    /// (memory, cache, parents up) brought up to date first.
     pub fn render_metrics(&self) -> String {
         let usage = self.flights.cache.usage();
         self.metrics.cache_bytes.set(usage.bytes as i64);
@@ -261,6 +261,11 @@ impl Relay {
         self.metrics
             .memory_used
             .set(self.flights.budget.used() as i64);
+        let parents = self.live().upstream().parents();
+        self.metrics.parents.set(parents.len() as i64);
+        self.metrics
+            .parents_up
+            .set(parents.iter().filter(|(_, down)| !down).count() as i64);
         self.metrics.render()
     }
 
