@@ -392,3 +392,92 @@ async fn status_page_in_chromium_shows_what_json_and_metrics_say() {
     eprintln!("screenshot: {}", screenshot().display());
     t.finish().await;
 }
+
+/// Every `mlcache_` name in `text`.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("mlcache_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        out.insert(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    out
+}
+
+/// The `# TYPE` a series name needs in the exposition: counters are
+/// exposed as `NAME_total` under `# TYPE NAME counter`, histograms as
+/// `NAME_bucket`/`_sum`/`_count` under `# TYPE NAME histogram`.
+fn type_line(name: &str) -> String {
+    for (suffix, kind) in [
+        ("_total", "counter"),
+        ("_bucket", "histogram"),
+        ("_sum", "histogram"),
+        ("_count", "histogram"),
+    ] {
+        if let Some(base) = name.strip_suffix(suffix) {
+            return format!("# TYPE {base} {kind}");
+        }
+    }
+    format!("# TYPE {name} gauge")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_and_alerts_name_only_metrics_the_relay_exports() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/grafana");
+    let dashboard = std::fs::read_to_string(root.join("mlcache.json")).unwrap();
+    let alerts = std::fs::read_to_string(root.join("alerts.yml")).unwrap();
+    let d: Value = serde_json::from_str(&dashboard).expect("dashboard JSON parses");
+    let panels = d["panels"].as_array().unwrap();
+    assert!(panels.len() >= 8);
+    let mut exprs = String::new();
+    for p in panels {
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "panel {} has no query", p["title"]);
+        for t in targets {
+            exprs.push_str(t["expr"].as_str().unwrap());
+            exprs.push('\n');
+        }
+    }
+    for want in [
+        "histogram_quantile(0.99",
+        "mlcache_rejected_total",
+        "mlcache_connections_closed_total",
+        "mlcache_memory_used_bytes",
+    ] {
+        assert!(exprs.contains(want), "dashboard lacks {want}");
+    }
+    // The alert file: four rules, each with what Prometheus requires.
+    assert_eq!(alerts.matches("- alert: ").count(), 4);
+    assert_eq!(alerts.matches("expr:").count(), 4);
+    for name in [
+        "MlcacheAllParentsDown",
+        "MlcacheHighShedRate",
+        "MlcacheDeliveryP99High",
+        "MlcacheMemoryBudgetNearFull",
+    ] {
+        assert!(alerts.contains(name), "{name}");
+    }
+
+    // A relay with a parent, so every family is registered and rendered.
+    let origin = manual_origin().await;
+    let mut cfg = relay_config(&origin.url());
+    cfg.upstream = vec!["http://127.0.0.1:9".into()];
+    let r = relay(cfg).await;
+    let exposed = metrics(r.admin.unwrap()).await;
+    let used: Vec<String> = metric_names(&exprs)
+        .into_iter()
+        .chain(metric_names(&alerts))
+        .collect();
+    assert!(used.len() >= 15, "{used:?}");
+    for name in &used {
+        assert!(
+            exposed.contains(&format!("{}\n", type_line(name))),
+            "{name} is not exported by the relay ({} missing)",
+            type_line(name)
+        );
+    }
+}
