@@ -163,10 +163,22 @@ impl Status {
     pub fn of(relay: &Relay) -> Status {
         let m = &relay.metrics;
         let flights = &relay.flights;
-        let mut acc: HashMap<(String, String), Acc> = HashMap::new();
-        fn at<'a>(acc: &'a mut HashMap<(String, String), Acc>, key: &ChunkKey) -> &'a mut Acc {
+        // Origin, then stream path: looked up by `&str`, so an entry of a
+        // known stream allocates nothing while the cache lock is held.
+        let mut acc: HashMap<String, HashMap<String, Acc>> = HashMap::new();
+        fn at<'a>(
+            acc: &'a mut HashMap<String, HashMap<String, Acc>>,
+            key: &ChunkKey,
+        ) -> &'a mut Acc {
             let (o, p) = stream_of(key);
-            acc.entry((o.to_string(), p.to_string())).or_default()
+            if !acc.contains_key(o) {
+                acc.insert(o.to_string(), HashMap::new());
+            }
+            let streams = acc.get_mut(o).expect("just ensured");
+            if !streams.contains_key(p) {
+                streams.insert(p.to_string(), Acc::default());
+            }
+            streams.get_mut(p).expect("just ensured")
         }
         flights.visit_slots(|key, slot| {
             let a = at(&mut acc, key);
@@ -189,25 +201,27 @@ impl Status {
                 a.cache_newest = Some((entry.stored, key.path.clone()));
             }
         });
-        let streams_total = acc.len();
         let mut streams: Vec<Stream> = acc
             .into_iter()
-            .map(|((origin, path), a)| {
-                let in_flight = a.flight_newest.is_some();
-                Stream {
-                    origin,
-                    path,
-                    viewers: a.viewers,
-                    open_flights: a.open_flights,
-                    cached: a.cached,
-                    newest: a
-                        .flight_newest
-                        .or(a.cache_newest.map(|(_, p)| p))
-                        .unwrap_or_default(),
-                    newest_in_flight: in_flight,
-                }
+            .flat_map(|(origin, paths)| {
+                paths.into_iter().map(move |(path, a)| {
+                    let in_flight = a.flight_newest.is_some();
+                    Stream {
+                        origin: origin.clone(),
+                        path,
+                        viewers: a.viewers,
+                        open_flights: a.open_flights,
+                        cached: a.cached,
+                        newest: a
+                            .flight_newest
+                            .or(a.cache_newest.map(|(_, p)| p))
+                            .unwrap_or_default(),
+                        newest_in_flight: in_flight,
+                    }
+                })
             })
             .collect();
+        let streams_total = streams.len();
         busiest_first(&mut streams);
         streams.truncate(MAX_STREAMS);
 
