@@ -214,10 +214,11 @@ impl Cache {
         }
     }
 
-    /// Calls `f` with every entry (stale ones too), under the cache lock (the
-    /// status page; keep `f` cheap, it holds up lookups).
-    pub fn visit(&self, mut f: impl FnMut(&ChunkKey, &Entry)) {
-        for (key, stored) in self.inner.lock().lru.iter() {
+    /// Calls `f` with the `limit` most recently used entries (stale ones
+    /// too), most recent first, under the cache lock (the status page: the
+    /// limit bounds how long a lookup can wait behind it; keep `f` cheap).
+    pub fn visit_recent(&self, limit: usize, mut f: impl FnMut(&ChunkKey, &Entry)) {
+        for (key, stored) in self.inner.lock().lru.iter().take(limit) {
             f(key, &stored.entry);
         }
     }

@@ -32,6 +32,11 @@ pub const PAGE: &str = include_str!("page.html");
 /// Most streams listed (busiest first).
 pub const MAX_STREAMS: usize = 50;
 
+/// Most cache entries one status read visits (the most recently used: a
+/// live stream's newest chunks are there), so a big cache cannot make a read
+/// hold the cache lock for long.
+pub const MAX_SCANNED: usize = 4096;
+
 /// The whole status document.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
@@ -59,7 +64,8 @@ pub struct Status {
     pub upstreams: Vec<Upstream>,
     /// Streams known here (cached or in flight), busiest first.
     pub streams: Vec<Stream>,
-    /// Streams known in all (`streams` lists at most [`MAX_STREAMS`]).
+    /// Streams seen in the open flights and the scanned cache entries
+    /// (`streams` lists at most [`MAX_STREAMS`] of them).
     pub streams_total: usize,
     /// Recent delivery delay.
     pub delivery: Delivery,
@@ -74,6 +80,9 @@ pub struct CacheStatus {
     pub entries: usize,
     /// `--cache-size`.
     pub capacity: usize,
+    /// Entries the stream table was built from (the most recently used, at
+    /// most [`MAX_SCANNED`]).
+    pub scanned: usize,
     /// Entries evicted since start.
     pub evictions: u64,
 }
@@ -125,7 +134,8 @@ pub struct Stream {
     pub viewers: usize,
     /// The stream's open flights.
     pub open_flights: usize,
-    /// The stream's cache entries.
+    /// The stream's cache entries (among the `cache.scanned` most recently
+    /// used).
     pub cached: usize,
     /// The newest chunk's path: the greatest in-flight key (by length, then
     /// text, so `/9` < `/10`), else the last one stored in the cache.
@@ -191,7 +201,7 @@ impl Status {
                 a.flight_newest = Some(key.path.clone());
             }
         });
-        flights.cache.visit(|key, entry| {
+        flights.cache.visit_recent(MAX_SCANNED, |key, entry| {
             let a = at(&mut acc, key);
             a.cached += 1;
             if a.cache_newest
@@ -244,6 +254,7 @@ impl Status {
                 bytes: usage.bytes,
                 entries: usage.entries,
                 capacity: flights.cache.capacity(),
+                scanned: usage.entries.min(MAX_SCANNED),
                 evictions: m.cache_evictions.get(),
             },
             requests: Requests {

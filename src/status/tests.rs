@@ -112,6 +112,7 @@ fn streams_are_bounded_and_newest_cached_is_the_last_stored() {
     std::thread::sleep(Duration::from_millis(2));
     r.flights.cache.insert(key("/s0/2"), entry());
     let s = Status::of(&r);
+    assert_eq!(s.cache.scanned, MAX_STREAMS + 21);
     assert_eq!(s.streams.len(), MAX_STREAMS);
     assert_eq!(s.streams_total, MAX_STREAMS + 20);
     let s0 = s.streams.iter().find(|s| s.path == "/s0/").unwrap();
@@ -120,6 +121,21 @@ fn streams_are_bounded_and_newest_cached_is_the_last_stored() {
     assert!(Status::of(&relay())
         .to_json()
         .contains("\"hit_ratio\":null"));
+}
+
+#[test]
+fn a_big_cache_is_scanned_from_its_recent_end_only() {
+    let r = relay();
+    for c in 0..MAX_SCANNED + 10 {
+        r.flights.cache.insert(key(&format!("/old/{c}")), entry());
+    }
+    r.flights.cache.insert(key("/live/new/1"), entry());
+    let s = Status::of(&r);
+    assert_eq!(s.cache.entries, MAX_SCANNED + 11);
+    assert_eq!(s.cache.scanned, MAX_SCANNED);
+    let cached: usize = s.streams.iter().map(|s| s.cached).sum();
+    assert_eq!(cached, MAX_SCANNED);
+    assert!(s.streams.iter().any(|s| s.path == "/live/new/"));
 }
 
 #[test]
@@ -138,4 +154,32 @@ fn the_page_is_self_contained_and_writes_no_markup() {
         assert!(!PAGE.contains(bad), "page contains {bad}");
     }
     assert!(PAGE.contains("status.json"));
+}
+
+#[test]
+#[ignore = "figure, not a check: cargo test --lib status::tests::cost -- --ignored --nocapture"]
+fn cost_of_a_status_read_with_a_big_cache() {
+    let r = relay();
+    for s in 0..1000 {
+        for c in 0..20 {
+            r.flights
+                .cache
+                .insert(key(&format!("/live/{s}/{c}")), entry());
+        }
+    }
+    let t = Instant::now();
+    let n = 20;
+    for _ in 0..n {
+        let _ = Status::of(&r).to_json();
+    }
+    let each = t.elapsed() / n;
+    let lock = Instant::now();
+    r.flights.cache.visit_recent(MAX_SCANNED, |_, _| {});
+    eprintln!(
+        "{} entries, {} streams: Status::of + JSON {:?} each; bare cache walk {:?}",
+        r.flights.cache.usage().entries,
+        Status::of(&r).streams_total,
+        each,
+        lock.elapsed()
+    );
 }
