@@ -267,6 +267,11 @@ async fn status_page_is_self_contained_html() {
     assert_eq!(got.status, StatusCode::OK, "read-only whatever the method");
 }
 
+/// A chunk path whose stream name would change if the page ever treated it
+/// as markup (`&amp;` would show as `&`). `<`, `>` and `"` cannot reach a
+/// relay in a request target at all (the unit tests cover them).
+const HOSTILE: &str = "/live/it's&amp;(x)=1;%3Cb%3E/1";
+
 /// Where this test's screenshot goes; copied by hand to
 /// docs/img/status-page.png.
 fn screenshot() -> PathBuf {
@@ -374,10 +379,13 @@ async fn status_page_in_chromium_shows_what_json_and_metrics_say() {
     assert_eq!(page["delivery_count"], 5);
     // The tables as displayed.
     let origin = t.origin.addr.to_string();
+    let rows = page["streams"].as_array().unwrap();
     assert_eq!(
-        page["streams"],
-        serde_json::json!([[origin, "/live/0/", "4", "1", "1", "/live/0/1 (in flight)"]])
+        rows[0],
+        serde_json::json!([origin, "/live/0/", "4", "1", "1", "/live/0/1 (in flight)"])
     );
+    assert_eq!(rows.len(), 1);
+    assert_eq!(page["streams_total"], before["streams_total"]);
     assert_eq!(
         page["upstreams"],
         serde_json::json!([[format!("http://{}", t.a.addr), "up"]])
@@ -391,6 +399,55 @@ async fn status_page_in_chromium_shows_what_json_and_metrics_say() {
     assert!(std::fs::metadata(screenshot()).unwrap().len() > 10_000);
     eprintln!("screenshot: {}", screenshot().display());
     t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_in_chromium_shows_a_hostile_stream_name_as_text() {
+    if !common::browser::ready() {
+        eprintln!("skipped: no chromium/node (CI would fail here)");
+        return;
+    }
+    // An origin that accepts and never answers keeps the flight open.
+    let silent = loopback();
+    let origin = silent.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let r = relay(relay_config(&format!("http://{origin}"))).await;
+    let viewer = tokio::spawn({
+        let addr = r.addr;
+        async move { h1(addr, proxy_get(origin, HOSTILE)).await }
+    });
+    until(LONG, "viewer parked", || r.relay.parked() == 1).await;
+    let url = format!("http://{}/", r.admin.unwrap());
+    let out = tokio::task::spawn_blocking(move || common::browser::status_page(&url, 1, None))
+        .await
+        .unwrap();
+    let page = &out["shown"];
+    assert_eq!(
+        out["errors"].as_array().unwrap().len(),
+        0,
+        "{}",
+        out["errors"]
+    );
+    // Shown verbatim: as markup, `&amp;` would have become `&`.
+    assert_eq!(
+        page["streams"][0],
+        serde_json::json!([
+            origin.to_string(),
+            "/live/it's&amp;(x)=1;%3Cb%3E/",
+            "1",
+            "1",
+            "0",
+            format!("{HOSTILE} (in flight)")
+        ])
+    );
+    assert_eq!(page["injected"], 0);
+    viewer.abort();
+    hold.abort();
 }
 
 /// Every `mlcache_` name in `text`.
