@@ -83,7 +83,8 @@ pub struct Config {
     /// share of the streams, the next in hash order when it is down).
     #[arg(long, env = "MLCACHE_PARENT_SELECT", value_enum, default_value = "ordered", help_heading = NET)]
     pub parent_select: crate::upstream::ParentSelect,
-    /// Address for /metrics and /healthz (default: off).
+    /// Address for /metrics, /healthz, /status.json and the status page at
+    /// / (default: off).
     #[arg(long, env = "MLCACHE_ADMIN", help_heading = NET)]
     pub admin: Option<SocketAddr>,
     /// This relay's id in Via headers, used for loop detection (default:
