@@ -28,6 +28,8 @@ VARNISH_PORT=${VARNISH_PORT:-18903}
 BIN=target/release
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/mlcache-compare.XXXXXX")
 PIDS=()
+# nginx's workers run as nobody when started by root: they must reach $WORK.
+chmod 755 "$WORK"
 . benches/compare/lib.sh
 trap 'stop_all; [ -n "${KEEP:-}" ] && cp "$WORK"/*.json "$WORK"/*.txt "$KEEP"/ 2>/dev/null; rm -rf "$WORK"' EXIT
 [ -n "${KEEP:-}" ] && mkdir -p "$KEEP"
@@ -51,6 +53,7 @@ RELAY=$(addr relay listening)
 
 # nginx (one worker: the measured process).
 mkdir -p "$WORK/nginx"
+chmod 777 "$WORK/nginx"
 sed -e "s|@ORIGIN@|$O|; s|@PORT@|$NGINX_PORT|; s|@WORK@|$WORK/nginx|g" \
     benches/compare/nginx.conf >"$WORK/nginx/nginx.conf"
 "${PIN_CACHE[@]}" nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" \
@@ -66,7 +69,7 @@ sed -e "s|@ORIGIN_HOST@|${O%:*}|; s|@ORIGIN_PORT@|${O##*:}|" \
     benches/compare/varnish.vcl >"$WORK/varnish.vcl"
 "${PIN_CACHE[@]}" varnishd -F -j none -n "$WORK/varnish" -a "127.0.0.1:$VARNISH_PORT" \
     -f "$WORK/varnish.vcl" -s malloc,256m \
-    -p thread_pool_min=200 -p thread_pool_max=5000 \
+    -p thread_pool_min=1000 -p thread_pool_max=5000 \
     >"$WORK/varnish.out" 2>&1 &
 VARNISH_MGT=$!
 PIDS+=($VARNISH_MGT)
@@ -116,7 +119,7 @@ $BIN/mlcache-loadgen plot --svg "$OUT/img/compare.svg" --metric last-byte \
     echo "and RSS are those of the relay process, nginx's one worker, and Varnish's cache process."
     echo "Caches: mlcache-relay (defaults), nginx $NGINX_V ([nginx.conf](../benches/compare/nginx.conf):"
     echo "proxy_cache_lock), Varnish $VARNISH_V ([varnish.vcl](../benches/compare/varnish.vcl):"
-    echo "streaming, thread_pool_max 5000)."
+    echo "streaming; thread_pool_min 1000, so its 2 pools start 2,000 threads, thread_pool_max 5000)."
     echo
     echo "![added delay against viewers](img/compare.svg)"
     echo

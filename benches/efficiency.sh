@@ -31,6 +31,8 @@ NGINX_PORT=${NGINX_PORT:-18904}
 BIN=target/release
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/mlcache-efficiency.XXXXXX")
 PIDS=()
+# nginx's workers run as nobody when started by root: they must reach $WORK.
+chmod 755 "$WORK"
 . benches/compare/lib.sh
 trap 'stop_all; rm -rf "$WORK"' EXIT
 
@@ -58,6 +60,7 @@ CHUNK=${CHUNK:-65536}
 # The static side: 120 files of one chunk's size (a minute of stream),
 # read once so they sit in the page cache.
 mkdir -p "$WORK/www/live/0" "$WORK/nginx"
+chmod 777 "$WORK/nginx"
 for i in $(seq 0 119); do
     head -c "$CHUNK" /dev/urandom >"$WORK/www/live/0/$i"
     echo "http://127.0.0.1:$NGINX_PORT/live/0/$i"

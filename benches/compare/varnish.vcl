@@ -4,8 +4,9 @@ vcl 4.1;
 #
 # Varnish collapses concurrent misses on its waiting list by itself and, with
 # streaming (beresp.do_stream, on by default), delivers while the fetch is
-# still running. Started with -p thread_pool_max=5000: it uses one thread per
-# delivering client.
+# still running. It uses one thread per delivering client: started with
+# -p thread_pool_min=1000 (2 pools: 2,000 threads ready before the viewers
+# come) and -p thread_pool_max=5000.
 
 backend origin {
     .host = "@ORIGIN_HOST@";

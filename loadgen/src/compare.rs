@@ -152,15 +152,23 @@ pub fn table(runs: &[Run]) -> String {
         let rss = g
             .process_rss_bytes
             .map_or("–".into(), |b| format!("{:.0} MiB", b as f64 / 1048576.0));
+        // No chunk delivered: the delays would be the control group's, negated.
+        let ms = |v: f64| {
+            if g.chunks == 0 {
+                "–".to_string()
+            } else {
+                format!("{v:.2}")
+            }
+        };
         let _ = writeln!(
             o,
-            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {:.2} | {} | {} | {} | {} |",
             r.cache,
             group_thousands(g.viewers),
-            g.added_ttfb_ms.p50,
-            g.added_ttfb_ms.p99,
-            g.added_ttlb_ms.p50,
-            g.added_ttlb_ms.p99,
+            ms(g.added_ttfb_ms.p50),
+            ms(g.added_ttfb_ms.p99),
+            ms(g.added_ttlb_ms.p50),
+            ms(g.added_ttlb_ms.p99),
             r.report.origin_requests_per_chunk,
             errors,
             g.missed,
@@ -189,7 +197,11 @@ fn group_thousands(n: usize) -> String {
 pub fn chart(runs: &[Run], metric: Metric, title: &str) -> LineChart {
     let mut series = Vec::new();
     for (i, cache) in caches(runs).into_iter().enumerate() {
-        let mut mine: Vec<&Run> = runs.iter().filter(|r| r.cache == cache).collect();
+        // A run that delivered nothing has no delay to draw.
+        let mut mine: Vec<&Run> = runs
+            .iter()
+            .filter(|r| r.cache == cache && r.group().chunks > 0)
+            .collect();
         mine.sort_by_key(|r| r.group().viewers);
         let pct = |r: &Run| match metric {
             Metric::FirstByte => r.group().added_ttfb_ms,
@@ -235,9 +247,11 @@ mod tests {
     /// A `live --json` report as the loadgen writes it (trimmed to what a
     /// run carries; extra fields are ignored).
     fn report(viewers: usize, p50: f64, p99: f64) -> String {
+        let chunks = if p50.is_nan() { 0 } else { 10 };
         let group = |name: &str, v: usize, p50: f64, p99: f64| {
+            let p50 = if p50.is_nan() { 0.0 } else { p50 };
             format!(
-                r#"{{"name":"{name}","viewers":{v},"hops":1,"chunks":10,"expected":10,"late":0,
+                r#"{{"name":"{name}","viewers":{v},"hops":1,"chunks":{chunks},"expected":10,"late":0,
                 "missed":1,"not_yet":0,"errors":{{"timeout":2}},
                 "ttfb_ms":{{"count":1,"p50":1,"p90":1,"p99":1,"p999":1,"max":1}},
                 "added_ttfb_ms":{{"count":1,"p50":{p50},"p90":1,"p99":{p99},"p999":1,"max":1}},
@@ -267,21 +281,25 @@ mod tests {
             run(&dir, "mlcache", 2000, 20.0, 40.0),
             run(&dir, "nginx", 100, 250.0, 490.0),
             run(&dir, "mlcache", 100, -0.5, 3.0),
+            // Every request failed: no delays in the table, no point drawn.
+            run(&dir, "nginx", 300, f64::NAN, 0.0),
         ];
         let t = table(&runs);
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines.len(), 5, "{t}");
+        assert_eq!(lines.len(), 6, "{t}");
+        assert!(lines[4].starts_with("| nginx | 300 | – | – | – | – |"), "{t}");
         // Sorted by viewers, then caches in the order first given.
         assert!(lines[2].starts_with("| mlcache | 100 | -0.50 | 3.00 |"), "{t}");
         assert!(lines[3].starts_with("| nginx | 100 |"), "{t}");
-        assert!(lines[4].starts_with("| mlcache | 2,000 |"), "{t}");
-        assert!(lines[4].ends_with("| 1.00 | 2 | 1 | 12 % | 10 MiB |"), "{t}");
+        assert!(lines[5].starts_with("| mlcache | 2,000 |"), "{t}");
+        assert!(lines[5].ends_with("| 1.00 | 2 | 1 | 12 % | 10 MiB |"), "{t}");
 
         let c = chart(&runs, Metric::LastByte, "t");
         let names: Vec<&str> = c.series.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["mlcache p50", "mlcache p99", "nginx p50", "nginx p99"]);
         // Points by viewers, the negative delay raised to the floor.
         assert_eq!(c.series[0].points, vec![(100.0, FLOOR_MS), (2000.0, 20.0)]);
+        assert_eq!(c.series[2].points, vec![(100.0, 250.0)]);
         assert!(crate::plot::svg(&c).is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
     }
