@@ -120,6 +120,28 @@ fn span(values: impl Iterator<Item = f64>, log: bool) -> (f64, f64) {
     }
 }
 
+/// An axis label. A log axis has a key point at every 1..9 × 10^k; only
+/// 1, 2 and 5 × 10^k are labelled there, so labels do not collide.
+fn label(v: f64, log: bool) -> String {
+    if log && v > 0.0 {
+        let lead = (v / 10f64.powf(v.log10().floor())).round();
+        if ![1.0, 2.0, 5.0].contains(&lead) {
+            return String::new();
+        }
+    }
+    number(v)
+}
+
+/// "2000" rather than "2000.0", "0.5" rather than "0.500".
+fn number(v: f64) -> String {
+    if v == v.round() && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        let s = format!("{v:.3}");
+        s.trim_end_matches('0').to_string()
+    }
+}
+
 fn draw_err<E: std::fmt::Debug>(e: E) -> PlotError {
     PlotError::Draw(format!("{e:?}"))
 }
@@ -144,6 +166,13 @@ where
         .build_cartesian_2d(x, y)
         .map_err(draw_err)?;
     ctx.configure_mesh()
+        // Bold lines at the labelled values only: a log axis's light lines
+        // crowd into a grey band.
+        .light_line_style(TRANSPARENT)
+        .x_labels(if chart.log_x { 30 } else { 8 })
+        .y_labels(if chart.log_y { 30 } else { 8 })
+        .x_label_formatter(&|v| label(*v, chart.log_x))
+        .y_label_formatter(&|v| label(*v, chart.log_y))
         .x_desc(&chart.x_label)
         .y_desc(&chart.y_label)
         .label_style(("sans-serif", 13))
