@@ -184,7 +184,7 @@ fn group_thousands(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -287,16 +287,28 @@ mod tests {
         let t = table(&runs);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 6, "{t}");
-        assert!(lines[4].starts_with("| nginx | 300 | – | – | – | – |"), "{t}");
+        assert!(
+            lines[4].starts_with("| nginx | 300 | – | – | – | – |"),
+            "{t}"
+        );
         // Sorted by viewers, then caches in the order first given.
-        assert!(lines[2].starts_with("| mlcache | 100 | -0.50 | 3.00 |"), "{t}");
+        assert!(
+            lines[2].starts_with("| mlcache | 100 | -0.50 | 3.00 |"),
+            "{t}"
+        );
         assert!(lines[3].starts_with("| nginx | 100 |"), "{t}");
         assert!(lines[5].starts_with("| mlcache | 2,000 |"), "{t}");
-        assert!(lines[5].ends_with("| 1.00 | 2 | 1 | 12 % | 10 MiB |"), "{t}");
+        assert!(
+            lines[5].ends_with("| 1.00 | 2 | 1 | 12 % | 10 MiB |"),
+            "{t}"
+        );
 
         let c = chart(&runs, Metric::LastByte, "t");
         let names: Vec<&str> = c.series.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["mlcache p50", "mlcache p99", "nginx p50", "nginx p99"]);
+        assert_eq!(
+            names,
+            ["mlcache p50", "mlcache p99", "nginx p50", "nginx p99"]
+        );
         // Points by viewers, the negative delay raised to the floor.
         assert_eq!(c.series[0].points, vec![(100.0, FLOOR_MS), (2000.0, 20.0)]);
         assert_eq!(c.series[2].points, vec![(100.0, 250.0)]);

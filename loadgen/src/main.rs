@@ -7,11 +7,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mlcache_loadgen::attack::{self, AttackArgs};
-use mlcache_loadgen::{compare, plot};
 use mlcache_loadgen::demo::{self, DemoOpts};
 use mlcache_loadgen::hls::{self, HlsGroup, HlsOpts};
 use mlcache_loadgen::live::{self, Group, LiveOpts};
 use mlcache_loadgen::vod::{self, VodOpts};
+use mlcache_loadgen::{compare, plot};
 use tokio_util::sync::CancellationToken;
 
 /// A relay target: `ADDR` or `ADDR=VIEWERS`.

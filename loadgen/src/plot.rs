@@ -197,12 +197,8 @@ where
                 PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
             }
         });
-        ctx.draw_series(
-            s.points
-                .iter()
-                .map(|&p| Circle::new(p, 3, color.filled())),
-        )
-        .map_err(draw_err)?;
+        ctx.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+            .map_err(draw_err)?;
     }
     ctx.configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)
