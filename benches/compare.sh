@@ -60,6 +60,8 @@ sed -e "s|@ORIGIN@|$O|; s|@PORT@|$NGINX_PORT|; s|@WORK@|$WORK/nginx|g" \
     >"$WORK/nginx.out" 2>&1 &
 NGINX_MASTER=$!
 PIDS+=($NGINX_MASTER)
+sleep 0.5
+kill -0 $NGINX_MASTER 2>/dev/null || { echo "nginx did not start (port $NGINX_PORT taken? set NGINX_PORT):" >&2; cat "$WORK/nginx.out" "$WORK/nginx/error.log" >&2; exit 1; }
 wait_http "http://127.0.0.1:$NGINX_PORT/live/0"
 NGINX_WORKER=$(children $NGINX_MASTER | head -1)
 PIDS+=($NGINX_WORKER)
@@ -73,6 +75,8 @@ sed -e "s|@ORIGIN_HOST@|${O%:*}|; s|@ORIGIN_PORT@|${O##*:}|" \
     >"$WORK/varnish.out" 2>&1 &
 VARNISH_MGT=$!
 PIDS+=($VARNISH_MGT)
+sleep 0.5
+kill -0 $VARNISH_MGT 2>/dev/null || { echo "varnishd did not start (port $VARNISH_PORT taken? set VARNISH_PORT):" >&2; cat "$WORK/varnish.out" >&2; exit 1; }
 wait_http "http://127.0.0.1:$VARNISH_PORT/live/0"
 VARNISH_CHILD=$(children $VARNISH_MGT | head -1)
 PIDS+=($VARNISH_CHILD)

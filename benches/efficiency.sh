@@ -72,6 +72,8 @@ sed -e "s|@ROOT@|$WORK/www|; s|@PORT@|$NGINX_PORT|; s|@WORK@|$WORK/nginx|g" \
     >"$WORK/nginx.out" 2>&1 &
 NGINX_MASTER=$!
 PIDS+=($NGINX_MASTER)
+sleep 0.5
+kill -0 $NGINX_MASTER 2>/dev/null || { echo "nginx did not start (port $NGINX_PORT taken? set NGINX_PORT):" >&2; cat "$WORK/nginx.out" "$WORK/nginx/error.log" >&2; exit 1; }
 wait_http "http://127.0.0.1:$NGINX_PORT/status"
 NGINX_WORKERS=$(children $NGINX_MASTER)
 PIDS+=($NGINX_WORKERS)
