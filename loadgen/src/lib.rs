@@ -10,13 +10,17 @@
 //! and descriptor limits, and `report` holds histograms and tables.
 //! `attack` runs hostile clients against a relay process and prints the
 //! figures of issue 7 (RSS, CPU, origin requests, a real viewer's record).
+//! `plot` draws SVG line charts; `compare` turns `live --json` runs of
+//! several caches into a markdown table and such a chart (`plot` subcommand).
 
 pub mod attack;
 pub mod child;
+pub mod compare;
 pub mod demo;
 pub mod hls;
 pub mod live;
 pub mod net;
+pub mod plot;
 pub mod report;
 pub mod sys;
 pub mod vod;

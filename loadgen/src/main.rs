@@ -11,6 +11,7 @@ use mlcache_loadgen::demo::{self, DemoOpts};
 use mlcache_loadgen::hls::{self, HlsGroup, HlsOpts};
 use mlcache_loadgen::live::{self, Group, LiveOpts};
 use mlcache_loadgen::vod::{self, VodOpts};
+use mlcache_loadgen::{compare, plot};
 use tokio_util::sync::CancellationToken;
 
 /// A relay target: `ADDR` or `ADDR=VIEWERS`.
@@ -197,12 +198,38 @@ enum Cmd {
     /// Attack a relay (started here as an mlcache-relay process, or --target)
     /// and print its RSS, CPU, origin requests and a real viewer's record.
     Attack(Box<AttackArgs>),
+    /// Markdown table and SVG chart (added delay against viewers, one line
+    /// per cache, p50 and p99) from `live --json` runs of several caches;
+    /// the table goes to stdout.
+    Plot {
+        /// A run: CACHE=FILE.json (repeatable); runs of one cache at several
+        /// viewer counts make its line.
+        #[arg(value_parser = plot_run_arg, required = true)]
+        runs: Vec<(String, PathBuf)>,
+        /// Write the chart here.
+        #[arg(long)]
+        svg: PathBuf,
+        /// The delay the chart shows.
+        #[arg(long, value_enum, default_value = "last-byte")]
+        metric: compare::Metric,
+        /// The chart's caption.
+        #[arg(long, default_value = "Added delay against viewers")]
+        title: String,
+    },
     /// Run a relay (the demo starts its relays this way).
     #[command(hide = true)]
     Relay(Box<mlcache::Cli>),
     /// Run an origin (the demo starts its origin this way).
     #[command(hide = true)]
     Origin(Box<mlcache::origin::OriginArgs>),
+}
+
+/// `CACHE=FILE.json` for `plot`.
+fn plot_run_arg(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((c, f)) if !c.is_empty() && !f.is_empty() => Ok((c.to_string(), f.into())),
+        _ => Err(format!("{s:?}: expected CACHE=FILE.json")),
+    }
 }
 
 fn write_json<T: serde::Serialize>(path: &Option<PathBuf>, v: &T) -> anyhow::Result<()> {
@@ -382,6 +409,21 @@ async fn main() -> anyhow::Result<()> {
                 eprintln!("attack: not every expectation was met");
                 std::process::exit(1);
             }
+        }
+        Cmd::Plot {
+            runs,
+            svg,
+            metric,
+            title,
+        } => {
+            let runs = runs
+                .iter()
+                .map(|(c, f)| compare::load(c, f))
+                .collect::<Result<Vec<_>, _>>()?;
+            let doc = plot::svg(&compare::chart(&runs, metric, &title))?;
+            std::fs::write(&svg, doc).with_context(|| format!("writing {}", svg.display()))?;
+            print!("{}", compare::table(&runs));
+            eprintln!("chart written to {}", svg.display());
         }
         Cmd::Vod { opts, json } => {
             let report = vod::run(opts).await?;
