@@ -18,12 +18,24 @@ use crate::live::{self, Group, LiveOpts, LiveReport};
 /// Starts `current_exe() ARGS` and reads `listening ADDR` (and `admin ADDR`)
 /// from its stdout.
 pub async fn spawn(name: &str, args: &[String]) -> anyhow::Result<Listening> {
+    spawn_on(name, args, None).await
+}
+
+/// [`spawn`], started on `cpus` when given (`--pin`).
+pub async fn spawn_on(
+    name: &str,
+    args: &[String],
+    cpus: Option<&[usize]>,
+) -> anyhow::Result<Listening> {
     let exe = std::env::current_exe().context("locating the loadgen executable")?;
     let mut cmd = Command::new(exe);
     cmd.args(args).stderr(std::process::Stdio::inherit()).env(
         "RUST_LOG",
         std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
     );
+    if let Some(c) = cpus {
+        crate::pin::Plan::pre_exec(&mut cmd, c);
+    }
     let wants_admin = args.iter().any(|a| a == "--admin");
     spawn_listening(cmd, name, wants_admin, Duration::from_secs(20)).await
 }

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mlcache_loadgen::attack::{self, AttackArgs};
 use mlcache_loadgen::demo::{self, DemoOpts};
+use mlcache_loadgen::flash::{self, FlashOpts};
 use mlcache_loadgen::hls::{self, HlsGroup, HlsOpts};
 use mlcache_loadgen::live::{self, Group, LiveOpts};
 use mlcache_loadgen::vod::{self, VodOpts};
@@ -194,6 +195,27 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// A flash crowd: N viewers connect within a short time at the live
+    /// edge, each reads the next chunk(s); accept rate, time to first chunk,
+    /// errors by kind. Split over worker processes when one process's
+    /// descriptors are too few.
+    Flash {
+        #[command(flatten)]
+        opts: FlashOpts,
+        /// Write the full results (histograms included) here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Exit 1 unless every viewer got every chunk without an error.
+        #[arg(long)]
+        check: bool,
+    },
+    /// One process's share of a flash crowd (started by `flash`).
+    #[command(name = "flash-worker", hide = true)]
+    FlashWorker {
+        /// The share, as JSON.
+        #[arg(long)]
+        spec: String,
+    },
     /// Attack a relay (started here as an mlcache-relay process, or --target)
     /// and print its RSS, CPU, origin requests and a real viewer's record.
     Attack(Box<AttackArgs>),
@@ -371,6 +393,19 @@ async fn main() -> anyhow::Result<()> {
                 eprintln!("hls: not every expectation was met");
                 std::process::exit(1);
             }
+        }
+        Cmd::Flash { opts, json, check } => {
+            let report = flash::run(opts, ctrl_c()).await?;
+            print!("{}", report.table());
+            write_json(&json, &report)?;
+            if check && !report.passed() {
+                std::process::exit(1);
+            }
+        }
+        Cmd::FlashWorker { spec } => {
+            let spec: flash::WorkerSpec = serde_json::from_str(&spec).context("--spec")?;
+            let r = flash::run_worker(spec).await?;
+            println!("result {}", serde_json::to_string(&r)?);
         }
         Cmd::Attack(args) => {
             let (json, no_fail) = (args.json.clone(), args.no_fail);

@@ -15,7 +15,7 @@
 
 mod report;
 mod run;
-mod viewer;
+pub(crate) mod viewer;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -42,7 +42,7 @@ pub(super) struct Ctx {
 }
 
 /// What one request got.
-enum Fetched {
+pub(crate) enum Fetched {
     Chunk {
         publish_ns: u64,
         first_ns: u64,
@@ -56,7 +56,7 @@ enum Fetched {
 
 /// One chunk request: its publish time and when its first and last bytes
 /// came, or "not yet", or another status.
-async fn fetch(
+pub(crate) async fn fetch(
     client: &mut Client,
     req: Request<Empty<Bytes>>,
     seq: u64,
