@@ -133,6 +133,13 @@ enum Cmd {
         /// Skip the loopback throughput probe.
         #[arg(long = "no-probe")]
         no_probe: bool,
+        /// Relays (by --relay-pid) on one CPU, this loadgen and the origin
+        /// (--origin-pid) on the other(s).
+        #[arg(long)]
+        pin: bool,
+        /// The origin's pid, to pin it with --pin.
+        #[arg(long = "origin-pid")]
+        origin_pid: Option<u32>,
         /// Write the full results here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -179,6 +186,18 @@ enum Cmd {
         /// Do not fetch EXT-X-PRELOAD-HINT parts ahead (hls.js 1.7 does not).
         #[arg(long = "no-preload-hint")]
         no_preload_hint: bool,
+        /// Every player parses every playlist body itself, as real players
+        /// do (by default identical bodies are parsed once for all players,
+        /// so the loadgen's CPU goes to measuring the relay).
+        #[arg(long = "no-parse-cache")]
+        no_parse_cache: bool,
+        /// Relays (by --relay-pid) on one CPU, this loadgen and the origin
+        /// (--origin-pid) on the other(s).
+        #[arg(long)]
+        pin: bool,
+        /// The origin's pid, to pin it with --pin.
+        #[arg(long = "origin-pid")]
+        origin_pid: Option<u32>,
         /// Exit 1 unless there were no errors or stalls and one origin
         /// request per part and per playlist version.
         #[arg(long)]
@@ -290,6 +309,8 @@ async fn main() -> anyhow::Result<()> {
             per_conn,
             sources,
             no_probe,
+            pin,
+            origin_pid,
             json,
         } => {
             let unsplit = relay.iter().filter(|r| r.viewers.is_none()).count().max(1);
@@ -325,6 +346,8 @@ async fn main() -> anyhow::Result<()> {
                 sources,
                 request_timeout: Duration::from_secs(30),
                 loopback_probe: if no_probe { 0 } else { 256 << 20 },
+                pin,
+                origin_pid,
             };
             let report = live::run(opts, ctrl_c()).await?;
             print!("{}", report.table());
@@ -343,6 +366,9 @@ async fn main() -> anyhow::Result<()> {
             per_conn,
             sources,
             no_preload_hint,
+            no_parse_cache,
+            pin,
+            origin_pid,
             check,
             json,
         } => {
@@ -385,6 +411,9 @@ async fn main() -> anyhow::Result<()> {
                 preload_hint: !no_preload_hint,
                 head_timeout: Duration::from_secs(10),
                 request_timeout: Duration::from_secs(20),
+                parse_cache: !no_parse_cache,
+                pin,
+                origin_pid,
             };
             let report = hls::run(opts, ctrl_c()).await?;
             print!("{}", report.table());

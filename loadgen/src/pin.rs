@@ -205,6 +205,33 @@ impl PinReport {
     }
 }
 
+/// `--pin` for a run against running processes: pins this process and
+/// the origin (when its pid is known) to the non-relay CPUs and the relays
+/// to the relay CPU, then reads every mask back. Without `pin` nothing
+/// changes and the report says so.
+pub fn apply(
+    pin: bool,
+    origin_pid: Option<u32>,
+    relays: &[(String, u32)],
+) -> anyhow::Result<PinReport> {
+    if !pin {
+        return Ok(PinReport::none());
+    }
+    use anyhow::Context;
+    let plan = Plan::new()?;
+    plan.pin_self().context("pinning the loadgen")?;
+    let mut procs = vec![("loadgen".to_string(), std::process::id())];
+    if let Some(o) = origin_pid {
+        set(o, &plan.rest).context("pinning the origin")?;
+        procs.push(("origin".into(), o));
+    }
+    for (name, pid) in relays {
+        set(*pid, &plan.relay).with_context(|| format!("pinning {name} (pid {pid})"))?;
+        procs.push((name.clone(), *pid));
+    }
+    Ok(PinReport::read(&plan, &procs))
+}
+
 /// Relay CPU seconds per delivered GB (10^9 bytes); `None` without bytes.
 pub fn cpu_s_per_gb(cpu_s: f64, bytes: u64) -> Option<f64> {
     (bytes > 0).then(|| cpu_s / (bytes as f64 / 1e9))

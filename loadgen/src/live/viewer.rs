@@ -35,6 +35,8 @@ pub(super) struct Ctx {
     pub(super) records: Vec<Mutex<GroupRecord>>,
     /// Bytes delivered to all viewers.
     pub(super) bytes: AtomicU64,
+    /// Bytes delivered per group.
+    pub(super) group_bytes: Vec<AtomicU64>,
     /// Chunks delivered to all viewers.
     pub(super) chunks_total: AtomicU64,
     /// Errors of all viewers.
@@ -182,6 +184,7 @@ pub(super) async fn viewer(
                 hit,
             })) => {
                 ctx.bytes.fetch_add(len, Ordering::Relaxed);
+                ctx.group_bytes[g].fetch_add(len, Ordering::Relaxed);
                 ctx.chunks_total.fetch_add(1, Ordering::Relaxed);
                 let ttfb = first_ns.saturating_sub(publish_ns);
                 if publish_ns >= ctx.window.0 && publish_ns < ctx.window.1 {
