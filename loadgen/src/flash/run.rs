@@ -251,7 +251,8 @@ pub async fn run(opts: FlashOpts, cancel: CancellationToken) -> anyhow::Result<F
         per_process
     );
 
-    let bound = opts.within + opts.viewer_timeout + lead + Duration::from_secs(30);
+    // Viewers bound themselves; this only catches a process that hangs.
+    let bound = opts.within + opts.viewer_timeout + lead + Duration::from_secs(120);
     let results: Vec<WorkerResult>;
     let mut meters: Vec<Option<CpuMeter>> = Vec::new();
     let pin_report;

@@ -214,8 +214,30 @@ pub async fn run_worker(spec: WorkerSpec) -> anyhow::Result<WorkerResult> {
             bytes.clone(),
         ));
     }
+    // Progress on stderr every 5 s, so a slow crowd shows where it is.
+    let progress = {
+        let rec = rec.clone();
+        let first = spec.first;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let r = &rec.lock().r;
+                eprintln!(
+                    "[flash worker {}] connected {}, first chunk {}, chunks {}, errors {}",
+                    first + 1,
+                    r.connected,
+                    r.got_first,
+                    r.chunks,
+                    r.errors.values().sum::<u64>()
+                );
+            }
+        })
+    };
     while tasks.join_next().await.is_some() {}
     poll.abort();
+    progress.abort();
     let mut r = rec.lock();
     let mut out = r.r.clone();
     out.viewers = spec.indexes().count() as u64;

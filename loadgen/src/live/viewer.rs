@@ -63,7 +63,20 @@ pub(crate) async fn fetch(
     req: Request<Empty<Bytes>>,
     seq: u64,
 ) -> Result<Fetched, &'static str> {
-    let resp = client.send(req).await.map_err(|_| "request failed")?;
+    let resp = client.send(req).await.map_err(|e| {
+        // Which way it failed tells a refused stream from a closed connection.
+        if e.is_canceled() {
+            "request canceled (connection closed before it was sent)"
+        } else if e.is_incomplete_message() {
+            "connection closed before the response"
+        } else if e.is_closed() {
+            "connection closed"
+        } else if e.is_timeout() {
+            "request timeout"
+        } else {
+            "request failed"
+        }
+    })?;
     let status = resp.status();
     if status != StatusCode::OK {
         let not_yet = mlcache::protocol::is_not_yet(resp.status(), resp.headers());
