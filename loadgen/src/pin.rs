@@ -50,8 +50,15 @@ pub fn allowed() -> io::Result<Vec<usize>> {
 impl Plan {
     /// Splits the allowed CPUs: the last for relays, the others for the
     /// rest. Fails on a one-CPU machine, where pinning cannot separate them.
+    /// Made once per process: after [`Plan::pin_self`] this process may run
+    /// on fewer CPUs, and a second plan (the demo's, then its live run's)
+    /// must be the same one.
     pub fn new() -> anyhow::Result<Plan> {
-        let cpus = allowed()?;
+        static FIRST: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
+        let cpus = match FIRST.get() {
+            Some(c) => c.clone(),
+            None => FIRST.get_or_init(|| allowed().unwrap_or_default()).clone(),
+        };
         anyhow::ensure!(
             cpus.len() >= 2,
             "--pin needs at least two CPUs to separate relays from the loadgen (allowed: {cpus:?})"
