@@ -305,9 +305,10 @@ async fn viewer(
             r.r.first_connect_ns = r.r.first_connect_ns.min(began);
             r.r.last_connected_ns = r.r.last_connected_ns.max(connected);
         }
-        let mut seq = (edge.load(Ordering::Relaxed) + 1).max(0) as u64;
+        let first_seq = (edge.load(Ordering::Relaxed) + 1).max(0) as u64;
         let origin = spec.origin;
         for k in 0..spec.chunks {
+            let seq = first_seq + k;
             loop {
                 let req = Request::get(format!("http://{origin}/live/{}/{seq}", spec.stream))
                     .header("host", origin.to_string())
@@ -340,7 +341,6 @@ async fn viewer(
                     Fetched::Status(s) => return Err(format!("status {}", s.as_u16())),
                 }
             }
-            seq += 1;
         }
         Ok::<(), String>(())
     };
