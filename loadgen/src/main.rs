@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mlcache_loadgen::attack::{self, AttackArgs};
 use mlcache_loadgen::demo::{self, DemoOpts};
+use mlcache_loadgen::flash::{self, FlashOpts};
 use mlcache_loadgen::hls::{self, HlsGroup, HlsOpts};
 use mlcache_loadgen::live::{self, Group, LiveOpts};
 use mlcache_loadgen::vod::{self, VodOpts};
@@ -133,6 +134,13 @@ enum Cmd {
         /// Skip the loopback throughput probe.
         #[arg(long = "no-probe")]
         no_probe: bool,
+        /// Relays (by --relay-pid) on one CPU, this loadgen and the origin
+        /// (--origin-pid) on the other(s).
+        #[arg(long)]
+        pin: bool,
+        /// The origin's pid, to pin it with --pin.
+        #[arg(long = "origin-pid")]
+        origin_pid: Option<u32>,
         /// Write the full results here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -179,6 +187,18 @@ enum Cmd {
         /// Do not fetch EXT-X-PRELOAD-HINT parts ahead (hls.js 1.7 does not).
         #[arg(long = "no-preload-hint")]
         no_preload_hint: bool,
+        /// Every player parses every playlist body itself, as real players
+        /// do (by default identical bodies are parsed once for all players,
+        /// so the loadgen's CPU goes to measuring the relay).
+        #[arg(long = "no-parse-cache")]
+        no_parse_cache: bool,
+        /// Relays (by --relay-pid) on one CPU, this loadgen and the origin
+        /// (--origin-pid) on the other(s).
+        #[arg(long)]
+        pin: bool,
+        /// The origin's pid, to pin it with --pin.
+        #[arg(long = "origin-pid")]
+        origin_pid: Option<u32>,
         /// Exit 1 unless there were no errors or stalls and one origin
         /// request per part and per playlist version.
         #[arg(long)]
@@ -194,6 +214,27 @@ enum Cmd {
         /// Write the results here.
         #[arg(long)]
         json: Option<PathBuf>,
+    },
+    /// A flash crowd: N viewers connect within a short time at the live
+    /// edge, each reads the next chunk(s); accept rate, time to first chunk,
+    /// errors by kind. Split over worker processes when one process's
+    /// descriptors are too few.
+    Flash {
+        #[command(flatten)]
+        opts: FlashOpts,
+        /// Write the full results (histograms included) here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Exit 1 unless every viewer got every chunk without an error.
+        #[arg(long)]
+        check: bool,
+    },
+    /// One process's share of a flash crowd (started by `flash`).
+    #[command(name = "flash-worker", hide = true)]
+    FlashWorker {
+        /// The share, as JSON.
+        #[arg(long)]
+        spec: String,
     },
     /// Attack a relay (started here as an mlcache-relay process, or --target)
     /// and print its RSS, CPU, origin requests and a real viewer's record.
@@ -295,6 +336,8 @@ async fn main() -> anyhow::Result<()> {
             per_conn,
             sources,
             no_probe,
+            pin,
+            origin_pid,
             json,
         } => {
             let unsplit = relay.iter().filter(|r| r.viewers.is_none()).count().max(1);
@@ -330,6 +373,8 @@ async fn main() -> anyhow::Result<()> {
                 sources,
                 request_timeout: Duration::from_secs(30),
                 loopback_probe: if no_probe { 0 } else { 256 << 20 },
+                pin,
+                origin_pid,
             };
             let report = live::run(opts, ctrl_c()).await?;
             print!("{}", report.table());
@@ -348,6 +393,9 @@ async fn main() -> anyhow::Result<()> {
             per_conn,
             sources,
             no_preload_hint,
+            no_parse_cache,
+            pin,
+            origin_pid,
             check,
             json,
         } => {
@@ -390,6 +438,9 @@ async fn main() -> anyhow::Result<()> {
                 preload_hint: !no_preload_hint,
                 head_timeout: Duration::from_secs(10),
                 request_timeout: Duration::from_secs(20),
+                parse_cache: !no_parse_cache,
+                pin,
+                origin_pid,
             };
             let report = hls::run(opts, ctrl_c()).await?;
             print!("{}", report.table());
@@ -398,6 +449,19 @@ async fn main() -> anyhow::Result<()> {
                 eprintln!("hls: not every expectation was met");
                 std::process::exit(1);
             }
+        }
+        Cmd::Flash { opts, json, check } => {
+            let report = flash::run(opts, ctrl_c()).await?;
+            print!("{}", report.table());
+            write_json(&json, &report)?;
+            if check && !report.passed() {
+                std::process::exit(1);
+            }
+        }
+        Cmd::FlashWorker { spec } => {
+            let spec: flash::WorkerSpec = serde_json::from_str(&spec).context("--spec")?;
+            let r = flash::run_worker(spec).await?;
+            println!("result {}", serde_json::to_string(&r)?);
         }
         Cmd::Attack(args) => {
             let (json, no_fail) = (args.json.clone(), args.no_fail);
