@@ -113,7 +113,12 @@ async fn serve_io<I>(
             let relay = relay.clone();
             async move {
                 let resp = handle(relay, Request::from_parts(parts, ()), local).await;
-                Ok::<_, Infallible>(resp.map(|b| open.track(b)))
+                let len = resp
+                    .headers()
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                Ok::<_, Infallible>(resp.map(|b| open.track(b, len)))
             }
         })
     };
@@ -171,4 +176,33 @@ async fn serve_io<I>(
     }
     shared.leave(id);
     drop(permit);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<F, Fut>(_: F) -> usize
+    where
+        F: FnOnce(
+            Arc<Shared>,
+            TcpStream,
+            SocketAddr,
+            OwnedSemaphorePermit,
+            Option<TlsAcceptor>,
+        ) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// Every viewer connection is one task holding this future (with the
+    /// hyper connection inside) for its whole life: issue 10 wants an idle
+    /// HTTP/1.1 viewer in 8 KiB, so it must stay a small part of that.
+    #[test]
+    fn a_connection_task_is_small() {
+        let size = future_size(connection);
+        eprintln!("connection future: {size} B");
+        assert!(size <= 8192, "connection future is {size} B");
+    }
 }

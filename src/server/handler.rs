@@ -171,9 +171,24 @@ async fn respond(relay: &Arc<Relay>, req: Request<()>) -> Result<Response<Body>,
         HeaderValue::from(arrived_age.saturating_add(here)),
     );
     if !head_only && !not_yet {
+        // Answer with the first piece in hand: the head then leaves in the
+        // same write as the first bytes (over h2, HEADERS and the first DATA
+        // frame in one `writev`), not in a write of its own just before
+        // them. For a live chunk both arrive together; the wait is bounded
+        // by what is left of `max-wait`, after which the head goes alone.
+        let left = relay.config.max_wait.saturating_sub(joined.elapsed());
+        let ready = tokio::time::timeout(left, viewer.next_piece()).await;
+        let (ready, more) = match ready {
+            Ok(Some(Ok(b))) => (Some(Ok(b)), true),
+            Ok(Some(Err(e))) => (Some(Err(e)), false),
+            Ok(None) => (None, false),
+            Err(_) => (None, true),
+        };
+        let rest = more.then(|| viewer.into_stream());
+        let pieces = stream::iter(ready).chain(stream::iter(rest).flatten());
         let relay = relay.clone();
         let mut first = true;
-        let s = viewer.into_stream().map(move |piece| {
+        let s = pieces.map(move |piece| {
             // Owning the place here holds the viewer's place under
             // `max-parked` until hyper drops the body.
             let _held = &place;
@@ -259,4 +274,30 @@ fn serve_entry(
         *resp.body_mut() = BodyExt::boxed_unsync(StreamBody::new(s));
     }
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<A, B, C, F, Fut>(_: F) -> usize
+    where
+        F: FnOnce(A, B, C) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// Every parked viewer holds one `handle` future (inline in its h2
+    /// stream task, or boxed in its HTTP/1.1 connection) for as long as it
+    /// waits: issue 10 wants a viewer in a few KiB, so this must stay small.
+    #[test]
+    fn a_parked_request_is_small() {
+        let handle_size = future_size(handle);
+        let respond_size = future_size(|r: Arc<Relay>, q: Request<()>, _: ()| async move {
+            let _ = respond(&r, q).await;
+        });
+        eprintln!("handle future: {handle_size} B, respond future: {respond_size} B");
+        assert!(handle_size <= 4096, "handle future is {handle_size} B");
+    }
 }

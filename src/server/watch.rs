@@ -181,8 +181,12 @@ impl OpenRequest {
         OpenRequest(watch.clone())
     }
 
-    /// Wraps the response body, registering it with the watchdog.
-    pub(super) fn track(self, inner: Body) -> Tracked {
+    /// Wraps the response body, registering it with the watchdog. `len` is
+    /// the response's `Content-Length`, if it has one: the body then says
+    /// it has ended with its last byte, so h2 flags that DATA frame
+    /// END_STREAM instead of sending an empty frame (and often a `writev`)
+    /// of its own after it.
+    pub(super) fn track(self, inner: Body, len: Option<u64>) -> Tracked {
         let state = if inner.is_end_stream() {
             DONE
         } else {
@@ -199,6 +203,7 @@ impl OpenRequest {
         }
         Tracked {
             inner,
+            left: len,
             rest: Bytes::new(),
             progress,
             waker: None,
@@ -221,6 +226,9 @@ impl Drop for OpenRequest {
 /// stamping its `Progress` as it goes.
 pub struct Tracked {
     inner: Body,
+    /// Bytes still to come when the length is known: at 0 the body has
+    /// ended, whatever `inner` knows.
+    left: Option<u64>,
     /// The part of the last frame not handed out yet.
     rest: Bytes,
     progress: Arc<Progress>,
@@ -233,6 +241,9 @@ impl Tracked {
     fn next_slice(&mut self, mut data: Bytes) -> Bytes {
         if data.len() > PROGRESS_FRAME {
             self.rest = data.split_off(PROGRESS_FRAME);
+        }
+        if let Some(left) = &mut self.left {
+            *left = left.saturating_sub(data.len() as u64);
         }
         data
     }
@@ -280,7 +291,7 @@ impl http_body::Body for Tracked {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.rest.is_empty() && self.inner.is_end_stream()
+        self.rest.is_empty() && (self.left == Some(0) || self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -328,6 +339,7 @@ mod tests {
             http_body_util::Full::new(Bytes::from_static(b"x"))
                 .map_err(|never| match never {})
                 .boxed_unsync(),
+            None,
         );
         let p = body.progress.clone();
         let t = p.stamp.load(Ordering::Relaxed);
@@ -351,6 +363,7 @@ mod tests {
             http_body_util::Full::new(data)
                 .map_err(|never| match never {})
                 .boxed_unsync(),
+            None,
         );
         assert_eq!(
             body.size_hint().exact(),
@@ -364,5 +377,30 @@ mod tests {
         }
         assert_eq!(lens, [PROGRESS_FRAME, PROGRESS_FRAME, PROGRESS_FRAME, 10]);
         assert_eq!(body.progress.state.load(Ordering::Relaxed), DONE);
+    }
+
+    /// A streamed body does not know its end until polled once more; with
+    /// the response's length it says so with its last byte, so h2 ends the
+    /// stream on that DATA frame rather than on an empty one after it.
+    #[tokio::test]
+    async fn a_body_of_known_length_ends_with_its_last_byte() {
+        let w = Arc::new(ConnWatch::new());
+        let pieces = [Bytes::from_static(b"abc"), Bytes::from_static(b"de")];
+        let streamed = || {
+            http_body_util::StreamBody::new(futures_util::stream::iter(
+                pieces.clone().map(|b| Ok::<_, SlotError>(Frame::data(b))),
+            ))
+            .boxed_unsync()
+        };
+        let mut body = OpenRequest::new(&w).track(streamed(), Some(5));
+        body.frame().await.unwrap().unwrap();
+        assert!(!body.is_end_stream());
+        body.frame().await.unwrap().unwrap();
+        assert!(body.is_end_stream());
+        let mut unknown = OpenRequest::new(&w).track(streamed(), None);
+        unknown.frame().await.unwrap().unwrap();
+        unknown.frame().await.unwrap().unwrap();
+        assert!(!unknown.is_end_stream());
+        assert!(unknown.frame().await.is_none());
     }
 }
