@@ -95,6 +95,7 @@ for proto in $PROTOS; do
         sleep 1
         RSS0=$(rss_kb "$RELAY_PID")
         HEAP0=$(heap "$ADMIN")
+        curl -fsS "http://$ADMIN/heap" >"$WORK/heap0" 2>/dev/null || : >"$WORK/heap0"
         H2=()
         [[ "$proto" == h2 ]] && H2=(--h2 --per-conn "$PER_CONN")
         "$PARK" --target "$RELAY" --origin "$ORIGIN" --path "/live/0/$NEXT" --viewers "$n" "${H2[@]}" --hold 600s \
@@ -110,12 +111,18 @@ for proto in $PROTOS; do
         sleep 2
         RSS1=$(rss_kb "$RELAY_PID")
         HEAP1=$(heap "$ADMIN")
+        curl -fsS "http://$ADMIN/heap" >"$WORK/heap1" 2>/dev/null || : >"$WORK/heap1"
         awk -v p="$proto" -v n="$n" -v got="$got" -v r0="$RSS0" -v r1="$RSS1" -v h0="${HEAP0:-}" -v h1="${HEAP1:-}" 'BEGIN {
             rss = (r1 - r0) * 1024 / n
             printf "%s viewers %6d (parked %d): RSS +%.1f KiB per viewer, %.1f MiB per 1,000", p, n, got - 1, rss / 1024, rss * 1000 / 1048576
             if (h0 != "" && h1 != "") printf "; allocated +%.1f KiB per viewer", (h1 - h0) / n / 1024
             printf "\n"
         }'
+        # Where it goes: allocated bytes per viewer by block size class.
+        awk -v n="$n" 'FNR == NR { a[$1] = $2; next } $1 ~ /^class_bytes/ {
+                d = ($2 - a[$1]) / n
+                if (d >= 64 || d <= -64) { sub(/class_bytes/, "", $1); printf "    blocks %-12s %+8.0f B per viewer\n", $1, d }
+            }' "$WORK/heap0" "$WORK/heap1"
         kill "$PARK_PID" "$WARM_PID" "$RELAY_PID" 2>/dev/null || true
         wait "$PARK_PID" "$WARM_PID" "$RELAY_PID" 2>/dev/null || true
     done

@@ -68,7 +68,9 @@ pub async fn handle(relay: Arc<Relay>, req: Request<()>, local: SocketAddr) -> R
         return probe_answer(&relay, local);
     }
     let span = tracing::debug_span!("request", method = %req.method(), uri = %req.uri(), key = tracing::field::Empty);
-    let origin = req.headers().get(http::header::ORIGIN).cloned();
+    // An owned copy: a clone would share the request head's bytes, and
+    // with them the connection's whole read buffer (see `respond`).
+    let origin = req.headers().get(http::header::ORIGIN).map(owned);
     let mut resp = async {
         match respond(&relay, req).await {
             Ok(resp) => resp,
@@ -82,6 +84,18 @@ pub async fn handle(relay: Arc<Relay>, req: Request<()>, local: SocketAddr) -> R
     .await;
     relay.cors.apply(origin.as_ref(), resp.headers_mut());
     resp
+}
+
+/// A header value in an allocation of its own. hyper's HTTP/1.1 parser
+/// (and h2's HPACK decoder) hand out field values and the target as slices
+/// of the connection's read buffer, so anything kept from the request keeps
+/// that whole buffer (8 KiB and more) alive; a parked viewer keeps only
+/// copies of the few bytes it needs.
+fn owned(v: &HeaderValue) -> HeaderValue {
+    let mut c =
+        HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| HeaderValue::from_static(""));
+    c.set_sensitive(v.is_sensitive());
+    c
 }
 
 /// Refuses a request head (target and fields) over `max-header-size`.
@@ -120,8 +134,13 @@ async fn respond(relay: &Arc<Relay>, req: Request<()>) -> Result<Response<Body>,
     let raw = RawKey::from_request(&req)?;
     let (key, origin) = relay.origins.resolve(&raw)?;
     tracing::Span::current().record("key", tracing::field::display(&key));
-    let range = req.headers().get(http::header::RANGE).cloned();
-    let (parked, opened) = match relay.join(&key, &origin, || relay.via_upstream(via.iter()))? {
+    let range = req.headers().get(http::header::RANGE).map(owned);
+    let answer = relay.join(&key, &origin, || relay.via_upstream(via.iter()))?;
+    // Nothing of the request head is needed from here on: dropping it
+    // before the (possibly long) wait frees the read buffer its bytes live
+    // in, the largest part of an idle HTTP/1.1 viewer (issue 10).
+    drop(req);
+    let (parked, opened) = match answer {
         Answer::Hit(entry) => {
             relay.metrics.request(Outcome::Hit);
             return serve_entry(relay, &entry, range.as_ref(), head_only);
