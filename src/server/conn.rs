@@ -67,6 +67,22 @@ pub(super) async fn connection(
     let Some(acceptor) = tls else {
         return serve_io(shared, io, peer, local, permit).await;
     };
+    // Boxed: the handshake and a TLS stream are large, and inline they
+    // would size every clear connection's task too (issue 10).
+    Box::pin(serve_tls(shared, io, peer, local, permit, acceptor)).await
+}
+
+/// [`connection`]'s TLS path: the handshake within `tls-handshake-timeout`,
+/// then HTTP over the TLS stream.
+async fn serve_tls(
+    shared: Arc<Shared>,
+    io: StallGuard<TcpStream>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    acceptor: TlsAcceptor,
+) {
+    let relay = &shared.relay;
     let limit = relay.config.tls_handshake_timeout;
     let handshake = tokio::select! {
         r = tokio::time::timeout(limit, acceptor.accept(io)) => r,
@@ -340,11 +356,12 @@ mod tests {
 
     /// Every viewer connection is one task holding this future (with the
     /// hyper connection inside) for its whole life: issue 10 wants an idle
-    /// HTTP/1.1 viewer in 8 KiB, so it must stay a small part of that.
+    /// HTTP/1.1 viewer in 8 KiB, so it must stay a small part of that
+    /// (TLS state is boxed off the clear path: 5 KiB before).
     #[test]
     fn a_connection_task_is_small() {
         let size = future_size(connection);
         eprintln!("connection future: {size} B");
-        assert!(size <= 8192, "connection future is {size} B");
+        assert!(size <= 2048, "connection future is {size} B");
     }
 }

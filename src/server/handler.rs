@@ -317,6 +317,6 @@ mod tests {
             let _ = respond(&r, q).await;
         });
         eprintln!("handle future: {handle_size} B, respond future: {respond_size} B");
-        assert!(handle_size <= 4096, "handle future is {handle_size} B");
+        assert!(handle_size <= 3072, "handle future is {handle_size} B");
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Each request holds an [`OpenRequest`] from its complete head until its
 //! response body ends; the body goes out through [`Tracked`], which cuts it
-//! into frames of at most [`PROGRESS_FRAME`] bytes and stamps a
+//! into frames of about [`PROGRESS_FRAME`] bytes and stamps a
 //! [`Progress`] (one `Arc`'d pair of atomics) as hyper takes them. The
 //! connection task asks [`ConnWatch::check`] for a [`Verdict`]: idle for
 //! `idle-timeout`, stalled for `send-timeout`, or when to look again.
@@ -27,6 +27,10 @@ use crate::slot::SlotError;
 /// big: a response then counts as progressing once this much has drained,
 /// about one default h2 window, not once a whole multi-MiB piece has.
 const PROGRESS_FRAME: usize = 64 * 1024;
+/// A piece at most this much over [`PROGRESS_FRAME`] goes out whole: a
+/// 64 KiB chunk with its content coding's overhead (a few dozen bytes)
+/// must not become a 64 KiB DATA frame and a tiny one, each its own write.
+const PROGRESS_SLACK: usize = PROGRESS_FRAME / 4;
 /// Lower bound of the watchdog's re-check period.
 const MIN_CHECK: Duration = Duration::from_millis(10);
 
@@ -222,7 +226,7 @@ impl Drop for OpenRequest {
 }
 
 /// A response body as hyper sees it: the relay's body, cut into frames of
-/// at most `PROGRESS_FRAME` bytes (slices of the same `Bytes`, no copy),
+/// about `PROGRESS_FRAME` bytes (slices of the same `Bytes`, no copy),
 /// stamping its `Progress` as it goes.
 pub struct Tracked {
     inner: Body,
@@ -239,7 +243,7 @@ pub struct Tracked {
 
 impl Tracked {
     fn next_slice(&mut self, mut data: Bytes) -> Bytes {
-        if data.len() > PROGRESS_FRAME {
+        if data.len() > PROGRESS_FRAME + PROGRESS_SLACK {
             self.rest = data.split_off(PROGRESS_FRAME);
         }
         if let Some(left) = &mut self.left {
@@ -375,7 +379,8 @@ mod tests {
             assert_eq!(d.as_ptr() as usize, base + lens.iter().sum::<usize>());
             lens.push(d.len());
         }
-        assert_eq!(lens, [PROGRESS_FRAME, PROGRESS_FRAME, PROGRESS_FRAME, 10]);
+        // The last frame takes the few bytes over: no 10-byte frame.
+        assert_eq!(lens, [PROGRESS_FRAME, PROGRESS_FRAME, PROGRESS_FRAME + 10]);
         assert_eq!(body.progress.state.load(Ordering::Relaxed), DONE);
     }
 
