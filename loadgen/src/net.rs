@@ -74,6 +74,7 @@ impl Client {
             let (send, conn) = http2::Builder::new(TokioExecutor::new())
                 .initial_stream_window_size(1 << 20)
                 .initial_connection_window_size(16 << 20)
+                .max_frame_size(mlcache::protocol::H2_MAX_FRAME_SIZE)
                 .handshake(TokioIo::new(tcp))
                 .await
                 .map_err(|e| format!("h2 handshake: {e}"))?;

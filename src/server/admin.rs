@@ -1,5 +1,6 @@
 //! The admin listener: `/metrics` (OpenMetrics text) and `/healthz` (503
-//! while draining), over plain HTTP/1.1 on its own port.
+//! while draining), over plain HTTP/1.1 on its own port; `/heap` (bytes
+//! allocated) in builds with the `alloc-stats` feature.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -61,6 +62,8 @@ fn admin(relay: &Relay, path: &str) -> Response<Body> {
             "draining\n".into(),
         ),
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".into()),
+        #[cfg(feature = "alloc-stats")]
+        "/heap" => (StatusCode::OK, "text/plain", crate::heap::report()),
         _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     };
     local_response(status, ctype, body)
