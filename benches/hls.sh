@@ -20,7 +20,8 @@ shift
 bench_init hls
 
 $BIN/mlcache-origin --listen 127.0.0.1:0 --ll >"$WORK/origin.out" 2>"$WORK/origin.err" &
-PIDS+=($!)
+OP=$!
+PIDS+=($OP)
 O=$(addr origin)
 $BIN/mlcache-relay --listen 127.0.0.1:0 --allow-origin "http://$O" --id relay-a \
     >"$WORK/relay-a.out" 2>"$WORK/relay-a.err" &
@@ -37,6 +38,6 @@ for _ in $(seq 1 100); do
     curl -s "http://$O/ll/media.m3u8" | grep -q EXTINF && break
     sleep 0.2
 done
-echo "+ mlcache-loadgen hls --origin $O --relay $A=100 --relay $B=$PLAYERS --relay-pid $AP --relay-pid $BP $*"
+echo "+ mlcache-loadgen hls --origin $O --relay $A=100 --relay $B=$PLAYERS --relay-pid $AP --relay-pid $BP --origin-pid $OP $*"
 timeout 300 $BIN/mlcache-loadgen hls --origin "$O" --relay "$A=100" --relay "$B=$PLAYERS" \
-    --relay-pid "$AP" --relay-pid "$BP" "$@"
+    --relay-pid "$AP" --relay-pid "$BP" --origin-pid "$OP" "$@"

@@ -15,6 +15,8 @@ pub mod config;
 pub mod connect;
 pub mod ece;
 pub mod flight;
+#[cfg(feature = "alloc-stats")]
+pub mod heap;
 pub mod inherit;
 pub mod key;
 pub mod manifest;

@@ -34,6 +34,15 @@ pub const DRAINING_HEADER: &str = "mlcache-draining";
 /// The `Via` protocol name a relay writes before its id.
 pub const VIA_PROTOCOL: &str = "1.1";
 
+/// The `SETTINGS_MAX_FRAME_SIZE` that receivers of chunks over HTTP/2 (a
+/// relay from its parent, the loadgen from a relay) advertise: 1 MiB, so a
+/// sender writes a 64 KiB chunk as one DATA frame in one `writev` rather
+/// than four 16 KiB frames in four (the RFC 9113 default is 16 KiB; the
+/// largest allowed is 16 MiB - 1). Frames only get this large when the
+/// stream and connection windows allow it, so receivers pair it with
+/// generous windows.
+pub const H2_MAX_FRAME_SIZE: u32 = 1 << 20;
+
 /// The value of [`X_CACHE`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheStatus {

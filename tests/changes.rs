@@ -241,3 +241,48 @@ async fn upgrade_hands_the_socket_over_with_zero_errors() {
     assert_eq!(total, VIEWERS * chunks as usize, "chunks lost");
     assert!(served_by_new > 0.0, "the new relay took over");
 }
+
+/// `check-config FILE [FLAGS]`: the shipped example is valid and its
+/// effective settings are printed with flags applied over the file; an
+/// unknown key or a bad value exits 1 naming what is wrong.
+#[test]
+fn check_config_validates_and_prints_the_effective_settings() {
+    let bin = env!("CARGO_BIN_EXE_mlcache-relay");
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/relay.example.toml");
+    let out = Command::new(bin)
+        .args(["check-config", example, "--max-wait", "7s"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains("max-wait = \"7s\""), "{text}");
+    assert!(
+        text.contains("allow-origin = [\"http://127.0.0.1:9100\"]"),
+        "{text}"
+    );
+
+    let dir = std::env::temp_dir().join(format!("mlcache-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (body, names) in [
+        ("allow-origin = [\"http://a\"]\nbogus = 1\n", "bogus"),
+        (
+            "allow-origin = [\"http://a\"]\nmax-wait = \"soon\"\n",
+            "max-wait",
+        ),
+        ("allow-origin = [\"ftp://a\"]\n", "ftp"),
+    ] {
+        let file = dir.join("relay.toml");
+        std::fs::write(&file, body).unwrap();
+        let out = Command::new(bin)
+            .arg("check-config")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{body}: {out:?}");
+        assert!(err.contains(names), "{body}: {err}");
+    }
+    let out = Command::new(bin).arg("check-config").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    std::fs::remove_dir_all(&dir).ok();
+}

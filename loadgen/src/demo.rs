@@ -18,12 +18,24 @@ use crate::live::{self, Group, LiveOpts, LiveReport};
 /// Starts `current_exe() ARGS` and reads `listening ADDR` (and `admin ADDR`)
 /// from its stdout.
 pub async fn spawn(name: &str, args: &[String]) -> anyhow::Result<Listening> {
+    spawn_on(name, args, None).await
+}
+
+/// [`spawn`], started on `cpus` when given (`--pin`).
+pub async fn spawn_on(
+    name: &str,
+    args: &[String],
+    cpus: Option<&[usize]>,
+) -> anyhow::Result<Listening> {
     let exe = std::env::current_exe().context("locating the loadgen executable")?;
     let mut cmd = Command::new(exe);
     cmd.args(args).stderr(std::process::Stdio::inherit()).env(
         "RUST_LOG",
         std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
     );
+    if let Some(c) = cpus {
+        crate::pin::Plan::pre_exec(&mut cmd, c);
+    }
     let wants_admin = args.iter().any(|a| a == "--admin");
     spawn_listening(cmd, name, wants_admin, Duration::from_secs(20)).await
 }
@@ -65,12 +77,24 @@ pub struct DemoOpts {
     /// Source addresses 127.0.0.1..N (0 = as many as needed).
     #[arg(long, default_value_t = 0)]
     pub sources: usize,
+    /// Relays on one CPU, this loadgen and the origin on the other(s).
+    #[arg(long)]
+    pub pin: bool,
 }
 
 /// Starts origin, relay A and relay B, runs the live load, stops them all.
 pub async fn run(opts: DemoOpts, cancel: CancellationToken) -> anyhow::Result<LiveReport> {
     // Before any child starts, so the relays inherit the raised limit too.
     crate::sys::raise_fd_limit();
+    let plan = if opts.pin {
+        let p = crate::pin::Plan::new()?;
+        // The origin started next inherits this.
+        p.pin_self()?;
+        Some(p)
+    } else {
+        None
+    };
+    let relay_cpus = plan.as_ref().map(|p| p.relay.clone());
     let s = |v: &str| v.to_string();
     let origin = spawn(
         "origin",
@@ -106,9 +130,21 @@ pub async fn run(opts: DemoOpts, cancel: CancellationToken) -> anyhow::Result<Li
         a
     };
     anyhow::ensure!((1..=2).contains(&opts.hops), "--hops must be 1 or 2");
-    let a = spawn("relay A", &relay_args("relay-a", None)).await?;
+    let a = spawn_on(
+        "relay A",
+        &relay_args("relay-a", None),
+        relay_cpus.as_deref(),
+    )
+    .await?;
     let b = match opts.hops {
-        2 => Some(spawn("relay B", &relay_args("relay-b", Some(a.addr))).await?),
+        2 => Some(
+            spawn_on(
+                "relay B",
+                &relay_args("relay-b", Some(a.addr)),
+                relay_cpus.as_deref(),
+            )
+            .await?,
+        ),
         _ => None,
     };
     let admin = |p: &Listening| p.admin.map(|x| x.to_string()).unwrap_or_default();
@@ -175,6 +211,8 @@ pub async fn run(opts: DemoOpts, cancel: CancellationToken) -> anyhow::Result<Li
             sources: opts.sources,
             request_timeout: Duration::from_secs(30),
             loopback_probe: 256 << 20,
+            pin: opts.pin,
+            origin_pid: origin.pid(),
         },
         cancel,
     )

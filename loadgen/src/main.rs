@@ -8,9 +8,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mlcache_loadgen::attack::{self, AttackArgs};
 use mlcache_loadgen::demo::{self, DemoOpts};
+use mlcache_loadgen::flash::{self, FlashOpts};
 use mlcache_loadgen::hls::{self, HlsGroup, HlsOpts};
 use mlcache_loadgen::live::{self, Group, LiveOpts};
 use mlcache_loadgen::vod::{self, VodOpts};
+use mlcache_loadgen::{compare, plot};
 use tokio_util::sync::CancellationToken;
 
 /// A relay target: `ADDR` or `ADDR=VIEWERS`.
@@ -132,6 +134,13 @@ enum Cmd {
         /// Skip the loopback throughput probe.
         #[arg(long = "no-probe")]
         no_probe: bool,
+        /// Relays (by --relay-pid) on one CPU, this loadgen and the origin
+        /// (--origin-pid) on the other(s).
+        #[arg(long)]
+        pin: bool,
+        /// The origin's pid, to pin it with --pin.
+        #[arg(long = "origin-pid")]
+        origin_pid: Option<u32>,
         /// Write the full results here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -178,6 +187,18 @@ enum Cmd {
         /// Do not fetch EXT-X-PRELOAD-HINT parts ahead (hls.js 1.7 does not).
         #[arg(long = "no-preload-hint")]
         no_preload_hint: bool,
+        /// Every player parses every playlist body itself, as real players
+        /// do (by default identical bodies are parsed once for all players,
+        /// so the loadgen's CPU goes to measuring the relay).
+        #[arg(long = "no-parse-cache")]
+        no_parse_cache: bool,
+        /// Relays (by --relay-pid) on one CPU, this loadgen and the origin
+        /// (--origin-pid) on the other(s).
+        #[arg(long)]
+        pin: bool,
+        /// The origin's pid, to pin it with --pin.
+        #[arg(long = "origin-pid")]
+        origin_pid: Option<u32>,
         /// Exit 1 unless there were no errors or stalls and one origin
         /// request per part and per playlist version.
         #[arg(long)]
@@ -194,15 +215,62 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// A flash crowd: N viewers connect within a short time at the live
+    /// edge, each reads the next chunk(s); accept rate, time to first chunk,
+    /// errors by kind. Split over worker processes when one process's
+    /// descriptors are too few.
+    Flash {
+        #[command(flatten)]
+        opts: FlashOpts,
+        /// Write the full results (histograms included) here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Exit 1 unless every viewer got every chunk without an error.
+        #[arg(long)]
+        check: bool,
+    },
+    /// One process's share of a flash crowd (started by `flash`).
+    #[command(name = "flash-worker", hide = true)]
+    FlashWorker {
+        /// The share, as JSON.
+        #[arg(long)]
+        spec: String,
+    },
     /// Attack a relay (started here as an mlcache-relay process, or --target)
     /// and print its RSS, CPU, origin requests and a real viewer's record.
     Attack(Box<AttackArgs>),
+    /// Markdown table and SVG chart (added delay against viewers, one line
+    /// per cache, p50 and p99) from `live --json` runs of several caches;
+    /// the table goes to stdout.
+    Plot {
+        /// A run: CACHE=FILE.json (repeatable); runs of one cache at several
+        /// viewer counts make its line.
+        #[arg(value_parser = plot_run_arg, required = true)]
+        runs: Vec<(String, PathBuf)>,
+        /// Write the chart here.
+        #[arg(long)]
+        svg: PathBuf,
+        /// The delay the chart shows.
+        #[arg(long, value_enum, default_value = "last-byte")]
+        metric: compare::Metric,
+        /// The chart's caption.
+        #[arg(long, default_value = "Added delay against viewers")]
+        title: String,
+    },
     /// Run a relay (the demo starts its relays this way).
     #[command(hide = true)]
     Relay(Box<mlcache::Cli>),
     /// Run an origin (the demo starts its origin this way).
     #[command(hide = true)]
     Origin(Box<mlcache::origin::OriginArgs>),
+}
+
+/// `CACHE=FILE.json` for `plot`.
+fn plot_run_arg(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((c, f)) if !c.is_empty() && !f.is_empty() => Ok((c.to_string(), f.into())),
+        _ => Err(format!("{s:?}: expected CACHE=FILE.json")),
+    }
 }
 
 fn write_json<T: serde::Serialize>(path: &Option<PathBuf>, v: &T) -> anyhow::Result<()> {
@@ -268,6 +336,8 @@ async fn main() -> anyhow::Result<()> {
             per_conn,
             sources,
             no_probe,
+            pin,
+            origin_pid,
             json,
         } => {
             let unsplit = relay.iter().filter(|r| r.viewers.is_none()).count().max(1);
@@ -303,6 +373,8 @@ async fn main() -> anyhow::Result<()> {
                 sources,
                 request_timeout: Duration::from_secs(30),
                 loopback_probe: if no_probe { 0 } else { 256 << 20 },
+                pin,
+                origin_pid,
             };
             let report = live::run(opts, ctrl_c()).await?;
             print!("{}", report.table());
@@ -321,6 +393,9 @@ async fn main() -> anyhow::Result<()> {
             per_conn,
             sources,
             no_preload_hint,
+            no_parse_cache,
+            pin,
+            origin_pid,
             check,
             json,
         } => {
@@ -363,6 +438,9 @@ async fn main() -> anyhow::Result<()> {
                 preload_hint: !no_preload_hint,
                 head_timeout: Duration::from_secs(10),
                 request_timeout: Duration::from_secs(20),
+                parse_cache: !no_parse_cache,
+                pin,
+                origin_pid,
             };
             let report = hls::run(opts, ctrl_c()).await?;
             print!("{}", report.table());
@@ -371,6 +449,19 @@ async fn main() -> anyhow::Result<()> {
                 eprintln!("hls: not every expectation was met");
                 std::process::exit(1);
             }
+        }
+        Cmd::Flash { opts, json, check } => {
+            let report = flash::run(opts, ctrl_c()).await?;
+            print!("{}", report.table());
+            write_json(&json, &report)?;
+            if check && !report.passed() {
+                std::process::exit(1);
+            }
+        }
+        Cmd::FlashWorker { spec } => {
+            let spec: flash::WorkerSpec = serde_json::from_str(&spec).context("--spec")?;
+            let r = flash::run_worker(spec).await?;
+            println!("result {}", serde_json::to_string(&r)?);
         }
         Cmd::Attack(args) => {
             let (json, no_fail) = (args.json.clone(), args.no_fail);
@@ -382,6 +473,21 @@ async fn main() -> anyhow::Result<()> {
                 eprintln!("attack: not every expectation was met");
                 std::process::exit(1);
             }
+        }
+        Cmd::Plot {
+            runs,
+            svg,
+            metric,
+            title,
+        } => {
+            let runs = runs
+                .iter()
+                .map(|(c, f)| compare::load(c, f))
+                .collect::<Result<Vec<_>, _>>()?;
+            let doc = plot::svg(&compare::chart(&runs, metric, &title))?;
+            std::fs::write(&svg, doc).with_context(|| format!("writing {}", svg.display()))?;
+            print!("{}", compare::table(&runs));
+            eprintln!("chart written to {}", svg.display());
         }
         Cmd::Vod { opts, json } => {
             let report = vod::run(opts).await?;

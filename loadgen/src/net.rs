@@ -12,9 +12,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-/// Ports one source address can use towards one destination (Linux's
-/// default ephemeral range holds about 28,000).
-pub const PORTS_PER_SOURCE: usize = 25_000;
+/// Connections per source address (Linux's default ephemeral range holds
+/// about 28,000 ports; the headroom leaves room for the TIME_WAIT of a
+/// previous run).
+pub const PORTS_PER_SOURCE: usize = 16_000;
 
 /// Source address number `i` of `n`: 127.0.0.1, 127.0.0.2, ... All of
 /// 127.0.0.0/8 is loopback on Linux, so no setup is needed.
@@ -32,6 +33,22 @@ pub fn source(i: usize, n: usize) -> Option<IpAddr> {
 pub async fn connect(dst: SocketAddr, src: Option<IpAddr>) -> std::io::Result<TcpStream> {
     let sock = TcpSocket::new_v4()?;
     if let Some(ip) = src {
+        // Without IP_BIND_ADDRESS_NO_PORT, bind(ip, 0) must pick a port
+        // unused towards every destination, a search that gets slow (and
+        // fails with EADDRINUSE) as the range fills; with it the port is
+        // chosen at connect, unique per destination.
+        use std::os::fd::AsRawFd;
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt reads one c_int from a live local.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                &one as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
         sock.bind(SocketAddr::new(ip, 0))?;
     }
     let s = sock.connect(dst).await?;
@@ -57,6 +74,7 @@ impl Client {
             let (send, conn) = http2::Builder::new(TokioExecutor::new())
                 .initial_stream_window_size(1 << 20)
                 .initial_connection_window_size(16 << 20)
+                .max_frame_size(mlcache::protocol::H2_MAX_FRAME_SIZE)
                 .handshake(TokioIo::new(tcp))
                 .await
                 .map_err(|e| format!("h2 handshake: {e}"))?;

@@ -131,6 +131,37 @@ pub fn buckets(h: &Histogram<u64>) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// Serialises a histogram (hdrhistogram V2, uncompressed, base64) so
+/// another process can add it to its own exactly: every bucket's count
+/// travels, not percentiles.
+pub fn encode(h: &Histogram<u64>) -> String {
+    use base64::Engine;
+    use hdrhistogram::serialization::{Serializer, V2Serializer};
+    let mut buf = Vec::new();
+    V2Serializer::new()
+        .serialize(h, &mut buf)
+        .expect("serialising into a Vec cannot fail");
+    base64::engine::general_purpose::STANDARD.encode(buf)
+}
+
+/// Reads what [`encode`] wrote.
+pub fn decode(s: &str) -> Result<Histogram<u64>, String> {
+    use base64::Engine;
+    use hdrhistogram::serialization::Deserializer;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .map_err(|e| format!("histogram base64: {e}"))?;
+    Deserializer::new()
+        .deserialize(&mut &bytes[..])
+        .map_err(|e| format!("histogram: {e:?}"))
+}
+
+/// Adds `other`'s counts to `into` (exact: bucket by bucket).
+pub fn add(into: &mut Histogram<u64>, other: &Histogram<u64>) -> Result<(), String> {
+    into.add(other)
+        .map_err(|e| format!("adding histograms: {e:?}"))
+}
+
 /// Formats a byte rate.
 pub fn rate(bytes_per_sec: f64) -> String {
     if bytes_per_sec >= 1e9 {
@@ -158,5 +189,36 @@ mod tests {
         let d = p.minus(&p);
         assert_eq!(d.p50, 0.0);
         assert_eq!(Percentiles::of(&histogram()), Percentiles::default());
+    }
+
+    #[test]
+    fn merge_over_serialisation_is_exact() {
+        // Two "processes" record disjoint and overlapping values; their
+        // serialised histograms added together equal one histogram that
+        // recorded everything.
+        let (mut a, mut b, mut all) = (histogram(), histogram(), histogram());
+        for v in (1..50_000u64).step_by(7) {
+            record(&mut a, v * 13);
+            record(&mut all, v * 13);
+        }
+        for v in (1..9_000u64).step_by(3) {
+            record(&mut b, v * 1_001);
+            record(&mut all, v * 1_001);
+        }
+        record(&mut b, 119_999_999);
+        record(&mut all, 119_999_999);
+        let (a2, b2) = (decode(&encode(&a)).unwrap(), decode(&encode(&b)).unwrap());
+        assert_eq!(a2, a, "a round trip changes nothing");
+        let mut merged = histogram();
+        add(&mut merged, &a2).unwrap();
+        add(&mut merged, &b2).unwrap();
+        assert_eq!(merged.len(), a.len() + b.len());
+        assert_eq!(merged, all);
+        assert_eq!(buckets(&merged), buckets(&all));
+        assert_eq!(Percentiles::of(&merged), Percentiles::of(&all));
+        // An empty histogram round-trips too, and garbage is an error.
+        assert!(decode(&encode(&histogram())).unwrap().is_empty());
+        assert!(decode("not base64!").is_err());
+        assert!(decode("AAAA").is_err());
     }
 }

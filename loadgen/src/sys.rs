@@ -69,6 +69,11 @@ impl CpuMeter {
         }
     }
 
+    /// CPU time used since `start`.
+    pub fn cpu(&self) -> Duration {
+        Self::read(self.pid).saturating_sub(self.start_cpu)
+    }
+
     /// Percent of one core used since `start` (200 = two cores busy).
     pub fn percent(&self) -> f64 {
         let cpu = Self::read(self.pid).saturating_sub(self.start_cpu);

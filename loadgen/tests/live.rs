@@ -58,6 +58,8 @@ async fn small_live_run_is_consistent() {
             sources: 0,
             request_timeout: Duration::from_secs(10),
             loopback_probe: 0,
+            pin: false,
+            origin_pid: None,
         },
         CancellationToken::new(),
     )

@@ -1,6 +1,7 @@
 //! The admin listener: `/metrics` (OpenMetrics text), `/healthz` (503
 //! while draining), `/status.json` and the status page at `/` (see
 //! [`crate::status`]), over plain HTTP/1.1 on its own port. All read-only.
+//! `/heap` (bytes allocated) in builds with the `alloc-stats` feature.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -85,6 +86,8 @@ fn admin(relay: &Relay, path: &str) -> Response<Body> {
             );
             return resp;
         }
+        #[cfg(feature = "alloc-stats")]
+        "/heap" => (StatusCode::OK, "text/plain", crate::heap::report()),
         _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     };
     local_response(status, ctype, body)

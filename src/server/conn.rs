@@ -67,6 +67,22 @@ pub(super) async fn connection(
     let Some(acceptor) = tls else {
         return serve_io(shared, io, peer, local, permit).await;
     };
+    // Boxed: the handshake and a TLS stream are large, and inline they
+    // would size every clear connection's task too (issue 10).
+    Box::pin(serve_tls(shared, io, peer, local, permit, acceptor)).await
+}
+
+/// [`connection`]'s TLS path: the handshake within `tls-handshake-timeout`,
+/// then HTTP over the TLS stream.
+async fn serve_tls(
+    shared: Arc<Shared>,
+    io: StallGuard<TcpStream>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    acceptor: TlsAcceptor,
+) {
+    let relay = &shared.relay;
     let limit = relay.config.tls_handshake_timeout;
     let handshake = tokio::select! {
         r = tokio::time::timeout(limit, acceptor.accept(io)) => r,
@@ -85,6 +101,114 @@ pub(super) async fn connection(
     }
 }
 
+/// The h2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// How long to wait before peeking again at a connection that has sent
+/// part of the h2 preface (peeking does not wait for more bytes).
+const SNIFF_RETRY: Duration = Duration::from_millis(5);
+
+/// Whether a clear connection speaks h2 (prior knowledge) rather than
+/// HTTP/1.1, from its first bytes, left unread for hyper. `None` if it
+/// closed or failed first.
+async fn sniff(tcp: &TcpStream) -> Option<bool> {
+    let mut buf = [0u8; 24];
+    loop {
+        let n = tcp.peek(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        if buf[..n] != H2_PREFACE[..n] {
+            return Some(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Some(true);
+        }
+        tokio::time::sleep(SNIFF_RETRY).await;
+    }
+}
+
+/// Completes when the watchdog finds the connection idle (it has no
+/// request yet, so it cannot be stalled), re-arming `timer` meanwhile.
+async fn idle_at(
+    timer: &std::pin::Pin<&mut tokio::time::Sleep>,
+    watch: &ConnWatch,
+    idle_timeout: Duration,
+    send_timeout: Duration,
+) {
+    let mut at = timer.deadline();
+    loop {
+        tokio::time::sleep_until(at).await;
+        let now = now_ms();
+        match watch.check(now, idle_timeout, send_timeout) {
+            Verdict::Idle | Verdict::Stalled => return,
+            Verdict::RecheckAt(next) => {
+                at = tokio::time::Instant::now() + Duration::from_millis(next.saturating_sub(now));
+            }
+        }
+    }
+}
+
+/// A viewer transport whose protocol may be peeked at before hyper reads it.
+pub(super) trait Sniff {
+    /// The socket to peek at, for a clear connection; `None` for TLS,
+    /// which hyper's auto builder serves.
+    fn clear_socket(&self) -> Option<&TcpStream>;
+}
+
+impl Sniff for StallGuard<TcpStream> {
+    fn clear_socket(&self) -> Option<&TcpStream> {
+        Some(self.get_ref())
+    }
+}
+
+impl Sniff for tokio_rustls::server::TlsStream<StallGuard<TcpStream>> {
+    fn clear_socket(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+/// One hyper connection, of whichever builder serves it. Boxed: the
+/// connection task then holds a pointer, not the largest of the three.
+enum Served<A, B, C> {
+    H1(std::pin::Pin<Box<A>>),
+    H2(std::pin::Pin<Box<B>>),
+    Auto(std::pin::Pin<Box<C>>),
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<A, B, C> std::future::Future for Served<A, B, C>
+where
+    A: std::future::Future<Output = hyper::Result<()>>,
+    B: std::future::Future<Output = hyper::Result<()>>,
+    C: std::future::Future<Output = Result<(), BoxError>>,
+{
+    type Output = Result<(), BoxError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.get_mut() {
+            Served::H1(c) => c.as_mut().poll(cx).map_err(Into::into),
+            Served::H2(c) => c.as_mut().poll(cx).map_err(Into::into),
+            Served::Auto(c) => c.as_mut().poll(cx),
+        }
+    }
+}
+
+/// Starts a graceful shutdown of a [`Served`] connection (each hyper
+/// connection type has its own inherent method).
+macro_rules! graceful_shutdown {
+    ($conn:expr) => {
+        match &mut $conn {
+            Served::H1(c) => c.as_mut().graceful_shutdown(),
+            Served::H2(c) => c.as_mut().graceful_shutdown(),
+            Served::Auto(c) => c.as_mut().graceful_shutdown(),
+        }
+    };
+}
+
 /// Serves HTTP on one connection (clear or TLS) under its watchdog.
 async fn serve_io<I>(
     shared: Arc<Shared>,
@@ -93,7 +217,7 @@ async fn serve_io<I>(
     local: SocketAddr,
     permit: OwnedSemaphorePermit,
 ) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Sniff + Unpin + Send + 'static,
 {
     let relay = &shared.relay;
     let (idle_timeout, send_timeout) = (relay.config.idle_timeout, relay.config.send_timeout);
@@ -113,20 +237,59 @@ async fn serve_io<I>(
             let relay = relay.clone();
             async move {
                 let resp = handle(relay, Request::from_parts(parts, ()), local).await;
-                Ok::<_, Infallible>(resp.map(|b| open.track(b)))
+                let len = resp
+                    .headers()
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                Ok::<_, Infallible>(resp.map(|b| open.track(b, len)))
             }
         })
     };
-    let io = TokioIo::new(io);
-    let conn = shared.builder.serve_connection(io, svc);
-    tokio::pin!(conn);
     let first = tokio::time::Instant::now() + idle_timeout.min(send_timeout);
     let timer = tokio::time::sleep_until(first);
     tokio::pin!(timer);
+    // A clear connection's protocol is read off its first bytes without
+    // consuming them, so hyper's HTTP/1.1 reader gets the whole head in its
+    // first read (behind the auto builder's 24-byte rewind it would read
+    // twice and grow its buffer to 16 KiB for good: issue 10).
+    let h2 = match io.clear_socket() {
+        None => None,
+        Some(tcp) => {
+            let sniffed = tokio::select! {
+                r = sniff(tcp) => r,
+                _ = shared.drain.cancelled() => None,
+                _ = shared.stop.cancelled() => None,
+                _ = member.reclaim.cancelled() => {
+                    tracing::debug!(%peer, "closing idle connection: its place is needed");
+                    None
+                }
+                _ = idle_at(&timer, &watch, idle_timeout, send_timeout) => {
+                    relay.metrics.connection_closed("idle");
+                    tracing::debug!(%peer, ?idle_timeout, "closing idle connection");
+                    None
+                }
+            };
+            match sniffed {
+                Some(h2) => Some(h2),
+                None => {
+                    shared.leave(id);
+                    drop(permit);
+                    return;
+                }
+            }
+        }
+    };
+    let io = TokioIo::new(io);
+    let mut conn = match h2 {
+        Some(false) => Served::H1(Box::pin(shared.http1.serve_connection(io, svc))),
+        Some(true) => Served::H2(Box::pin(shared.http2.serve_connection(io, svc))),
+        None => Served::Auto(Box::pin(shared.builder.serve_connection(io, svc))),
+    };
     let (mut draining, mut closing) = (false, false);
     loop {
         tokio::select! {
-            r = conn.as_mut() => {
+            r = &mut conn => {
                 if let Err(e) = r {
                     tracing::debug!(%peer, error = %e, "connection ended with error");
                 }
@@ -134,12 +297,12 @@ async fn serve_io<I>(
             }
             _ = shared.drain.cancelled(), if !draining => {
                 draining = true;
-                conn.as_mut().graceful_shutdown();
+                graceful_shutdown!(conn);
             }
             _ = shared.stop.cancelled() => break,
             _ = member.reclaim.cancelled(), if !closing => {
                 tracing::debug!(%peer, "closing idle connection: its place is needed");
-                conn.as_mut().graceful_shutdown();
+                graceful_shutdown!(conn);
                 closing = true;
                 timer.as_mut().reset(tokio::time::Instant::now() + CLOSE_FLUSH);
             }
@@ -157,7 +320,7 @@ async fn serve_io<I>(
                     Verdict::Idle => {
                         relay.metrics.connection_closed("idle");
                         tracing::debug!(%peer, ?idle_timeout, "closing idle connection");
-                        conn.as_mut().graceful_shutdown();
+                        graceful_shutdown!(conn);
                         closing = true;
                         timer.as_mut().reset(tokio::time::Instant::now() + CLOSE_FLUSH);
                     }
@@ -171,4 +334,34 @@ async fn serve_io<I>(
     }
     shared.leave(id);
     drop(permit);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<F, Fut>(_: F) -> usize
+    where
+        F: FnOnce(
+            Arc<Shared>,
+            TcpStream,
+            SocketAddr,
+            OwnedSemaphorePermit,
+            Option<TlsAcceptor>,
+        ) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// Every viewer connection is one task holding this future (with the
+    /// hyper connection inside) for its whole life: issue 10 wants an idle
+    /// HTTP/1.1 viewer in 8 KiB, so it must stay a small part of that
+    /// (TLS state is boxed off the clear path: 5 KiB before).
+    #[test]
+    fn a_connection_task_is_small() {
+        let size = future_size(connection);
+        eprintln!("connection future: {size} B");
+        assert!(size <= 2048, "connection future is {size} B");
+    }
 }

@@ -68,7 +68,9 @@ pub async fn handle(relay: Arc<Relay>, req: Request<()>, local: SocketAddr) -> R
         return probe_answer(&relay, local);
     }
     let span = tracing::debug_span!("request", method = %req.method(), uri = %req.uri(), key = tracing::field::Empty);
-    let origin = req.headers().get(http::header::ORIGIN).cloned();
+    // An owned copy: a clone would share the request head's bytes, and
+    // with them the connection's whole read buffer (see `respond`).
+    let origin = req.headers().get(http::header::ORIGIN).map(owned);
     let mut resp = async {
         match respond(&relay, req).await {
             Ok(resp) => resp,
@@ -88,6 +90,18 @@ pub async fn handle(relay: Arc<Relay>, req: Request<()>, local: SocketAddr) -> R
         );
     }
     resp
+}
+
+/// A header value in an allocation of its own. hyper's HTTP/1.1 parser
+/// (and h2's HPACK decoder) hand out field values and the target as slices
+/// of the connection's read buffer, so anything kept from the request keeps
+/// that whole buffer (8 KiB and more) alive; a parked viewer keeps only
+/// copies of the few bytes it needs.
+fn owned(v: &HeaderValue) -> HeaderValue {
+    let mut c =
+        HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| HeaderValue::from_static(""));
+    c.set_sensitive(v.is_sensitive());
+    c
 }
 
 /// Refuses a request head (target and fields) over `max-header-size`.
@@ -126,8 +140,13 @@ async fn respond(relay: &Arc<Relay>, req: Request<()>) -> Result<Response<Body>,
     let raw = RawKey::from_request(&req)?;
     let (key, origin) = relay.live().origins.resolve(&raw)?;
     tracing::Span::current().record("key", tracing::field::display(&key));
-    let range = req.headers().get(http::header::RANGE).cloned();
-    let (parked, opened) = match relay.join(&key, &origin, || relay.via_upstream(via.iter()))? {
+    let range = req.headers().get(http::header::RANGE).map(owned);
+    let answer = relay.join(&key, &origin, || relay.via_upstream(via.iter()))?;
+    // Nothing of the request head is needed from here on: dropping it
+    // before the (possibly long) wait frees the read buffer its bytes live
+    // in, the largest part of an idle HTTP/1.1 viewer (issue 10).
+    drop(req);
+    let (parked, opened) = match answer {
         Answer::Hit(entry) => {
             relay.metrics.request(Outcome::Hit);
             return serve_entry(relay, &entry, range.as_ref(), head_only);
@@ -178,9 +197,24 @@ async fn respond(relay: &Arc<Relay>, req: Request<()>) -> Result<Response<Body>,
         HeaderValue::from(arrived_age.saturating_add(here)),
     );
     if !head_only && !not_yet {
+        // Answer with the first piece in hand: the head then leaves in the
+        // same write as the first bytes (over h2, HEADERS and the first DATA
+        // frame in one `writev`), not in a write of its own just before
+        // them. For a live chunk both arrive together; the wait is bounded
+        // by what is left of `max-wait`, after which the head goes alone.
+        let left = relay.config.max_wait.saturating_sub(joined.elapsed());
+        let ready = tokio::time::timeout(left, viewer.next_piece()).await;
+        let (ready, more) = match ready {
+            Ok(Some(Ok(b))) => (Some(Ok(b)), true),
+            Ok(Some(Err(e))) => (Some(Err(e)), false),
+            Ok(None) => (None, false),
+            Err(_) => (None, true),
+        };
+        let rest = more.then(|| viewer.into_stream());
+        let pieces = stream::iter(ready).chain(stream::iter(rest).flatten());
         let relay = relay.clone();
         let mut first = true;
-        let s = viewer.into_stream().map(move |piece| {
+        let s = pieces.map(move |piece| {
             // Owning the place here holds the viewer's place under
             // `max-parked` until hyper drops the body.
             let _held = &place;
@@ -266,4 +300,30 @@ fn serve_entry(
         *resp.body_mut() = BodyExt::boxed_unsync(StreamBody::new(s));
     }
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<A, B, C, F, Fut>(_: F) -> usize
+    where
+        F: FnOnce(A, B, C) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// Every parked viewer holds one `handle` future (inline in its h2
+    /// stream task, or boxed in its HTTP/1.1 connection) for as long as it
+    /// waits: issue 10 wants a viewer in a few KiB, so this must stay small.
+    #[test]
+    fn a_parked_request_is_small() {
+        let handle_size = future_size(handle);
+        let respond_size = future_size(|r: Arc<Relay>, q: Request<()>, _: ()| async move {
+            let _ = respond(&r, q).await;
+        });
+        eprintln!("handle future: {handle_size} B, respond future: {respond_size} B");
+        assert!(handle_size <= 3072, "handle future is {handle_size} B");
+    }
 }

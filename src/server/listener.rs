@@ -119,7 +119,13 @@ impl AcceptBackoff {
 /// What every viewer connection task shares.
 pub(super) struct Shared {
     pub(super) relay: Arc<Relay>,
+    /// For TLS connections: HTTP/1.1 or h2, whichever the client speaks.
     pub(super) builder: auto::Builder<TokioExecutor>,
+    /// For clear connections found to speak HTTP/1.1 ([`conn`](super::conn)
+    /// peeks at their first bytes).
+    pub(super) http1: hyper::server::conn::http1::Builder,
+    /// For clear connections found to speak h2 (prior knowledge).
+    pub(super) http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     /// Fired after `drain-delay`: connections finish what they serve.
     pub(super) drain: CancellationToken,
     /// Fired after `shutdown-grace`: connections are dropped.
@@ -181,25 +187,46 @@ impl Shared {
     }
 }
 
-fn builder(relay: &Relay) -> auto::Builder<TokioExecutor> {
+/// The hyper builders: one settings function per protocol, applied to the
+/// auto builder (TLS) and to the single-protocol ones (clear), so both
+/// paths serve alike.
+fn builders(
+    relay: &Relay,
+) -> (
+    auto::Builder<TokioExecutor>,
+    hyper::server::conn::http1::Builder,
+    hyper::server::conn::http2::Builder<TokioExecutor>,
+) {
     let c = &relay.config;
-    let mut b = auto::Builder::new(TokioExecutor::new());
     let max_header = c.max_header_size.as_u64() as usize;
-    // No h1 `header_read_timeout`: the watchdog's `idle-timeout` covers a
-    // head that never completes, for h1 and h2 alike.
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(None)
-        .max_buf_size(max_header.max(8192) + 1024);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(c.max_streams_per_connection)
-        .max_header_list_size(max_header as u32)
-        .initial_stream_window_size(H2_RECV_WINDOW)
-        .initial_connection_window_size(H2_RECV_WINDOW)
-        .keep_alive_interval(c.h2_keepalive_interval)
-        .keep_alive_timeout(c.h2_keepalive_timeout);
-    b
+    macro_rules! http1 {
+        ($b:expr) => {
+            // No h1 `header_read_timeout`: the watchdog's `idle-timeout`
+            // covers a head that never completes, for h1 and h2 alike.
+            $b.timer(TokioTimer::new())
+                .header_read_timeout(None)
+                .max_buf_size(max_header.max(8192) + 1024)
+        };
+    }
+    macro_rules! http2 {
+        ($b:expr) => {
+            $b.timer(TokioTimer::new())
+                .max_concurrent_streams(c.max_streams_per_connection)
+                .max_header_list_size(max_header as u32)
+                .initial_stream_window_size(H2_RECV_WINDOW)
+                .initial_connection_window_size(H2_RECV_WINDOW)
+                .keep_alive_interval(c.h2_keepalive_interval)
+                .keep_alive_timeout(c.h2_keepalive_timeout)
+        };
+    }
+    let mut auto = auto::Builder::new(TokioExecutor::new());
+    http1!(auto.http1());
+    http2!(auto.http2());
+    let mut h1 = hyper::server::conn::http1::Builder::new();
+    http1!(h1);
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2!(h2);
+    (auto, h1, h2)
 }
 
 /// Accepts viewers until `shutdown` fires; then reports draining, keeps
@@ -219,8 +246,11 @@ pub async fn serve_with_tls(
     shutdown: CancellationToken,
 ) {
     let max = relay.config.max_connections.min(u32::MAX as usize);
+    let (builder, http1, http2) = builders(&relay);
     let shared = Arc::new(Shared {
-        builder: builder(&relay),
+        builder,
+        http1,
+        http2,
         relay: relay.clone(),
         drain: CancellationToken::new(),
         stop: CancellationToken::new(),

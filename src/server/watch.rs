@@ -3,7 +3,7 @@
 //!
 //! Each request holds an [`OpenRequest`] from its complete head until its
 //! response body ends; the body goes out through [`Tracked`], which cuts it
-//! into frames of at most [`PROGRESS_FRAME`] bytes and stamps a
+//! into frames of about [`PROGRESS_FRAME`] bytes and stamps a
 //! [`Progress`] (one `Arc`'d pair of atomics) as hyper takes them. The
 //! connection task asks [`ConnWatch::check`] for a [`Verdict`]: idle for
 //! `idle-timeout`, stalled for `send-timeout`, or when to look again.
@@ -27,6 +27,10 @@ use crate::slot::SlotError;
 /// big: a response then counts as progressing once this much has drained,
 /// about one default h2 window, not once a whole multi-MiB piece has.
 const PROGRESS_FRAME: usize = 64 * 1024;
+/// A piece at most this much over [`PROGRESS_FRAME`] goes out whole: a
+/// 64 KiB chunk with its content coding's overhead (a few dozen bytes)
+/// must not become a 64 KiB DATA frame and a tiny one, each its own write.
+const PROGRESS_SLACK: usize = PROGRESS_FRAME / 4;
 /// Lower bound of the watchdog's re-check period.
 const MIN_CHECK: Duration = Duration::from_millis(10);
 
@@ -181,8 +185,12 @@ impl OpenRequest {
         OpenRequest(watch.clone())
     }
 
-    /// Wraps the response body, registering it with the watchdog.
-    pub(super) fn track(self, inner: Body) -> Tracked {
+    /// Wraps the response body, registering it with the watchdog. `len` is
+    /// the response's `Content-Length`, if it has one: the body then says
+    /// it has ended with its last byte, so h2 flags that DATA frame
+    /// END_STREAM instead of sending an empty frame (and often a `writev`)
+    /// of its own after it.
+    pub(super) fn track(self, inner: Body, len: Option<u64>) -> Tracked {
         let state = if inner.is_end_stream() {
             DONE
         } else {
@@ -199,6 +207,7 @@ impl OpenRequest {
         }
         Tracked {
             inner,
+            left: len,
             rest: Bytes::new(),
             progress,
             waker: None,
@@ -217,10 +226,13 @@ impl Drop for OpenRequest {
 }
 
 /// A response body as hyper sees it: the relay's body, cut into frames of
-/// at most `PROGRESS_FRAME` bytes (slices of the same `Bytes`, no copy),
+/// about `PROGRESS_FRAME` bytes (slices of the same `Bytes`, no copy),
 /// stamping its `Progress` as it goes.
 pub struct Tracked {
     inner: Body,
+    /// Bytes still to come when the length is known: at 0 the body has
+    /// ended, whatever `inner` knows.
+    left: Option<u64>,
     /// The part of the last frame not handed out yet.
     rest: Bytes,
     progress: Arc<Progress>,
@@ -231,8 +243,11 @@ pub struct Tracked {
 
 impl Tracked {
     fn next_slice(&mut self, mut data: Bytes) -> Bytes {
-        if data.len() > PROGRESS_FRAME {
+        if data.len() > PROGRESS_FRAME + PROGRESS_SLACK {
             self.rest = data.split_off(PROGRESS_FRAME);
+        }
+        if let Some(left) = &mut self.left {
+            *left = left.saturating_sub(data.len() as u64);
         }
         data
     }
@@ -280,7 +295,7 @@ impl http_body::Body for Tracked {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.rest.is_empty() && self.inner.is_end_stream()
+        self.rest.is_empty() && (self.left == Some(0) || self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -328,6 +343,7 @@ mod tests {
             http_body_util::Full::new(Bytes::from_static(b"x"))
                 .map_err(|never| match never {})
                 .boxed_unsync(),
+            None,
         );
         let p = body.progress.clone();
         let t = p.stamp.load(Ordering::Relaxed);
@@ -351,6 +367,7 @@ mod tests {
             http_body_util::Full::new(data)
                 .map_err(|never| match never {})
                 .boxed_unsync(),
+            None,
         );
         assert_eq!(
             body.size_hint().exact(),
@@ -362,7 +379,33 @@ mod tests {
             assert_eq!(d.as_ptr() as usize, base + lens.iter().sum::<usize>());
             lens.push(d.len());
         }
-        assert_eq!(lens, [PROGRESS_FRAME, PROGRESS_FRAME, PROGRESS_FRAME, 10]);
+        // The last frame takes the few bytes over: no 10-byte frame.
+        assert_eq!(lens, [PROGRESS_FRAME, PROGRESS_FRAME, PROGRESS_FRAME + 10]);
         assert_eq!(body.progress.state.load(Ordering::Relaxed), DONE);
+    }
+
+    /// A streamed body does not know its end until polled once more; with
+    /// the response's length it says so with its last byte, so h2 ends the
+    /// stream on that DATA frame rather than on an empty one after it.
+    #[tokio::test]
+    async fn a_body_of_known_length_ends_with_its_last_byte() {
+        let w = Arc::new(ConnWatch::new());
+        let pieces = [Bytes::from_static(b"abc"), Bytes::from_static(b"de")];
+        let streamed = || {
+            http_body_util::StreamBody::new(futures_util::stream::iter(
+                pieces.clone().map(|b| Ok::<_, SlotError>(Frame::data(b))),
+            ))
+            .boxed_unsync()
+        };
+        let mut body = OpenRequest::new(&w).track(streamed(), Some(5));
+        body.frame().await.unwrap().unwrap();
+        assert!(!body.is_end_stream());
+        body.frame().await.unwrap().unwrap();
+        assert!(body.is_end_stream());
+        let mut unknown = OpenRequest::new(&w).track(streamed(), None);
+        unknown.frame().await.unwrap().unwrap();
+        unknown.frame().await.unwrap().unwrap();
+        assert!(!unknown.is_end_stream());
+        assert!(unknown.frame().await.is_none());
     }
 }

@@ -159,6 +159,9 @@ impl Parent {
             .timer(TokioTimer::new())
             .initial_stream_window_size(4 << 20)
             .initial_connection_window_size(16 << 20)
+            // Large DATA frames: the parent sends a 64 KiB chunk in one frame
+            // and one write instead of four 16 KiB ones (issue 10).
+            .max_frame_size(crate::protocol::H2_MAX_FRAME_SIZE)
             .max_header_list_size(backstop)
             .keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))

@@ -18,11 +18,13 @@
 //! and part errors; stalls (a player with no new part for more than three
 //! part targets).
 //!
-//! Files: `playlist.rs` the parser and URL rules, `player.rs` one player's
+//! Files: `playlist.rs` the parser and URL rules, `cache.rs` the shared
+//! parse cache (identical playlist bodies parsed once), `player.rs` one player's
 //! state machine, `run.rs` the orchestration and the arithmetic of the
 //! results, `report.rs` the results and their table; this file holds the
 //! options.
 
+mod cache;
 mod player;
 pub mod playlist;
 mod report;
@@ -78,4 +80,13 @@ pub struct HlsOpts {
     pub head_timeout: Duration,
     /// Longest one request may take in all (hls.js: 20 s for a part).
     pub request_timeout: Duration,
+    /// Parse identical playlist bodies once for all players (`false`:
+    /// every player parses every body, as real players do, which makes the
+    /// loadgen the bottleneck at a few thousand players).
+    pub parse_cache: bool,
+    /// `--pin`: the relays (groups' pids) on one CPU, this process and the
+    /// origin on the other(s).
+    pub pin: bool,
+    /// The origin's pid, to pin it too.
+    pub origin_pid: Option<u32>,
 }

@@ -35,7 +35,8 @@ use tokio::sync::watch;
 
 use mlcache::protocol::now_ns;
 
-use super::playlist::{self, MediaPlaylist, Playlist};
+use super::cache::{ParseCache, Parsed};
+use super::playlist::{self, MediaPlaylist};
 use super::HlsOpts;
 use crate::net::Client;
 
@@ -84,6 +85,10 @@ pub(super) struct Ctx {
     pub(super) errors_total: AtomicU64,
     /// Body bytes delivered to all players.
     pub(super) bytes: AtomicU64,
+    /// Body bytes delivered per group.
+    pub(super) group_bytes: Vec<AtomicU64>,
+    /// Identical playlist bodies are parsed once.
+    pub(super) parse_cache: ParseCache,
 }
 
 impl Ctx {
@@ -338,11 +343,13 @@ impl Player {
             self.ctx.note(key, kind, true, 0);
         }
         self.ctx.bytes.fetch_add(got.len, Ordering::Relaxed);
+        self.ctx.group_bytes[self.g].fetch_add(got.len, Ordering::Relaxed);
         Ok(got)
     }
 
-    /// GETs a playlist and parses it; errors are counted.
-    async fn playlist(&self, conn: &mut Conn, url: &str, kind: Kind) -> Option<(Playlist, Got)> {
+    /// GETs a playlist and parses it (once per distinct body, through the
+    /// run's parse cache); errors are counted.
+    async fn playlist(&self, conn: &mut Conn, url: &str, kind: Kind) -> Option<(Parsed, Got)> {
         let got = match self.get(conn, url, kind, true, None).await {
             Ok(g) => g,
             Err(e) => {
@@ -355,10 +362,7 @@ impl Player {
             return None;
         }
         self.ctx.playlists_total.fetch_add(1, Ordering::Relaxed);
-        match std::str::from_utf8(&got.body)
-            .map_err(|_| "not UTF-8".to_string())
-            .and_then(|t| playlist::parse(t).map_err(|e| e.to_string()))
-        {
+        match self.ctx.parse_cache.parse(&got.body) {
             Ok(p) => Some((p, got)),
             Err(e) => {
                 self.playlist_error(&format!("parse: {e}"));
@@ -402,14 +406,14 @@ pub(super) async fn player(
         let mut url = format!("{}{}", p.group().prefix, p.ctx.opts.path);
         let first = loop {
             match p.playlist(&mut pl_conn, &url, Kind::Other).await {
-                Some((Playlist::Multivariant(v), _)) if !v.is_empty() => {
+                Some((Parsed::Multivariant(v), _)) if !v.is_empty() => {
                     url = playlist::resolve(&url, &v[0].uri);
                 }
-                Some((Playlist::Media(m), got)) => break (m, got),
+                Some((Parsed::Media(m), got)) => break (m, got),
                 _ => tokio::time::sleep(RETRY).await,
             }
         };
-        let (tx, rx) = watch::channel(Arc::new(first.0.clone()));
+        let (tx, rx) = watch::channel(first.0.clone());
         tokio::join!(
             playlist_loop(&p, pl_conn, url.clone(), first, tx),
             media_loop(&p, media_conn, url, rx),
@@ -432,7 +436,7 @@ async fn playlist_loop(
     p: &Player,
     mut conn: Conn,
     media_url: String,
-    first: (MediaPlaylist, Got),
+    first: (Arc<MediaPlaylist>, Got),
     tx: watch::Sender<Arc<MediaPlaylist>>,
 ) {
     let (mut cur, mut got) = first;
@@ -490,7 +494,7 @@ async fn playlist_loop(
             let kind = if blocking { Kind::Version } else { Kind::Other };
             let before = Instant::now();
             match p.playlist(&mut conn, &url, kind).await {
-                Some((Playlist::Media(m), g)) => {
+                Some((Parsed::Media(m), g)) => {
                     if blocking && p.in_window(Instant::now()) {
                         p.record.lock().versions += 1;
                     }
@@ -498,7 +502,7 @@ async fn playlist_loop(
                     got = g;
                     break;
                 }
-                Some((Playlist::Multivariant(_), _)) => p.playlist_error("variant is multivariant"),
+                Some((Parsed::Multivariant(_), _)) => p.playlist_error("variant is multivariant"),
                 None => {}
             }
             // hls.js retries without directives: at once after a blocking
@@ -510,7 +514,7 @@ async fn playlist_loop(
         }
         // A delta update lists the recent segments only, which is all the
         // media loop looks at.
-        let _ = tx.send(Arc::new(cur.clone()));
+        let _ = tx.send(cur.clone());
     }
 }
 

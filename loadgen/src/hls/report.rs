@@ -38,6 +38,12 @@ pub struct HlsGroupReport {
     pub earlier_than_control: u64,
     pub process_cpu_percent: Option<f64>,
     pub process_rss_bytes: Option<u64>,
+    /// Body bytes this group's players received over the run.
+    pub bytes: u64,
+    /// The watched process's CPU seconds over the run.
+    pub process_cpu_s: Option<f64>,
+    /// Those CPU seconds per 10^9 bytes delivered to this group.
+    pub process_cpu_s_per_gb: Option<f64>,
 }
 
 /// The whole run's results.
@@ -79,6 +85,11 @@ pub struct HlsReport {
     pub total_errors: u64,
     pub loadgen_cpu_percent: f64,
     pub loop_lag_ms: Percentiles,
+    /// Playlist bodies parsed, and served parsed from the shared cache.
+    pub playlists_parsed: u64,
+    pub playlists_from_parse_cache: u64,
+    /// Whether relays and loadgen ran on separate CPUs (`--pin`).
+    pub pin: crate::pin::PinReport,
 }
 
 impl HlsReport {
@@ -106,6 +117,7 @@ impl HlsReport {
             if self.preload_hint { "fetched" } else { "ignored (as hls.js)" },
             self.window_s
         );
+        let _ = writeln!(o, "{}", self.pin.line());
         let _ = writeln!(
             o,
             "\nADDED delay per part vs the earliest control player (ms)        p50      p90      p99    p99.9      max"
@@ -161,6 +173,19 @@ impl HlsReport {
                 qe,
                 proc
             );
+            if let Some(x) = g.process_cpu_s_per_gb {
+                let _ = writeln!(
+                    o,
+                    "    relay CPU {:.2} s for {:.3} GB delivered: {x:.2} CPU s per GB ({})",
+                    g.process_cpu_s.unwrap_or(0.0),
+                    g.bytes as f64 / 1e9,
+                    if self.pin.pinned {
+                        "pinned"
+                    } else {
+                        "not pinned"
+                    }
+                );
+            }
             for (k, v) in &g.playlist_errors {
                 let _ = writeln!(o, "    playlist error {k}: {v}");
             }
@@ -211,11 +236,13 @@ impl HlsReport {
         let _ = writeln!(o, "errors: {}, stalls: {}", self.total_errors, stalls);
         let _ = writeln!(
             o,
-            "loadgen: CPU {:.0}%, event-loop lag p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            "loadgen: CPU {:.0}%, event-loop lag p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; playlists parsed {}, from the parse cache {}",
             self.loadgen_cpu_percent,
             self.loop_lag_ms.p50,
             self.loop_lag_ms.p99,
-            self.loop_lag_ms.max
+            self.loop_lag_ms.max,
+            self.playlists_parsed,
+            self.playlists_from_parse_cache
         );
         o
     }

@@ -104,6 +104,13 @@ pub async fn run(opts: HlsOpts, cancel: CancellationToken) -> anyhow::Result<Hls
         opts.sources
     };
 
+    let relay_pids: Vec<(String, u32)> = opts
+        .groups
+        .iter()
+        .filter(|g| g.via_relay)
+        .filter_map(|g| g.pid.map(|p| (g.name.clone(), p)))
+        .collect();
+    let pin = crate::pin::apply(opts.pin, opts.origin_pid, &relay_pids)?;
     // The origin's counts are cumulative: what this run caused is the
     // difference from here.
     let stats_before = origin_stats(opts.origin)
@@ -145,6 +152,8 @@ pub async fn run(opts: HlsOpts, cancel: CancellationToken) -> anyhow::Result<Hls
         playlists_total: AtomicU64::new(0),
         errors_total: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
+        group_bytes: opts.groups.iter().map(|_| AtomicU64::new(0)).collect(),
+        parse_cache: super::cache::ParseCache::new(if opts.parse_cache { 64 } else { 0 }),
     });
 
     // Event-loop lag: how late a 10 ms timer fires.
@@ -237,7 +246,12 @@ pub async fn run(opts: HlsOpts, cancel: CancellationToken) -> anyhow::Result<Hls
     }
     let keys = std::mem::take(&mut *ctx.keys.lock());
     let lag_ms = Percentiles::of(&lag.lock());
-    Ok(build_report(
+    let group_bytes: Vec<u64> = ctx
+        .group_bytes
+        .iter()
+        .map(|b| b.load(Ordering::Relaxed))
+        .collect();
+    let mut report = build_report(
         &opts,
         &media,
         &records,
@@ -251,7 +265,19 @@ pub async fn run(opts: HlsOpts, cancel: CancellationToken) -> anyhow::Result<Hls
         ),
         loadgen_cpu,
         lag_ms,
-    ))
+    );
+    for ((g, b), m) in report.groups.iter_mut().zip(&group_bytes).zip(&watched) {
+        g.bytes = *b;
+        g.process_cpu_s = m.as_ref().map(|m| m.cpu().as_secs_f64());
+        g.process_cpu_s_per_gb = g
+            .process_cpu_s
+            .and_then(|c| crate::pin::cpu_s_per_gb(c, *b));
+    }
+    let (hits, parses) = ctx.parse_cache.counts();
+    report.playlists_parsed = parses;
+    report.playlists_from_parse_cache = hits;
+    report.pin = pin;
+    Ok(report)
 }
 
 /// Origin requests per key of `kind` a relay player got in the window:
@@ -413,6 +439,9 @@ fn build_report(
         total_errors,
         loadgen_cpu_percent: loadgen_cpu,
         loop_lag_ms,
+        playlists_parsed: 0,
+        playlists_from_parse_cache: 0,
+        pin: crate::pin::PinReport::none(),
     }
 }
 

@@ -15,7 +15,7 @@
 
 mod report;
 mod run;
-mod viewer;
+pub(crate) mod viewer;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -62,4 +62,9 @@ pub struct LiveOpts {
     pub request_timeout: Duration,
     /// Bytes to push through loopback to measure its throughput (0 = skip).
     pub loopback_probe: usize,
+    /// `--pin`: the relays (groups' pids) on one CPU, this process and the
+    /// origin on the other(s).
+    pub pin: bool,
+    /// The origin's pid, to pin it too.
+    pub origin_pid: Option<u32>,
 }

@@ -29,6 +29,12 @@ pub struct GroupReport {
     pub ttlb_histogram_us: Vec<(u64, u64)>,
     pub process_cpu_percent: Option<f64>,
     pub process_rss_bytes: Option<u64>,
+    /// Bytes this group's viewers received over the run.
+    pub bytes: u64,
+    /// The watched process's CPU seconds over the run (viewers' start to end).
+    pub process_cpu_s: Option<f64>,
+    /// Those CPU seconds per 10^9 bytes delivered to this group.
+    pub process_cpu_s_per_gb: Option<f64>,
 }
 
 /// The whole run's results.
@@ -53,6 +59,8 @@ pub struct LiveReport {
     pub loadgen_cpu_percent: f64,
     pub loop_lag_ms: Percentiles,
     pub total_errors: u64,
+    /// Whether relays and loadgen ran on separate CPUs (`--pin`).
+    pub pin: crate::pin::PinReport,
 }
 
 impl LiveReport {
@@ -65,6 +73,7 @@ impl LiveReport {
             "live stream {}: {} B chunks every {} ms, {}, {:.1} s, {} chunks in the measurement window",
             self.stream, self.chunk_size, self.cadence_ms, self.protocol, self.duration_s, self.window_chunks
         );
+        let _ = writeln!(o, "{}", self.pin.line());
         let _ = writeln!(o, "\nglass-to-glass, publish → first byte (ms)");
         let _ = writeln!(
             o,
@@ -112,6 +121,19 @@ impl LiveReport {
                 "{:<24} {:>9} {:>9} {:>6} {:>6} {:>7} {:>7}  {}",
                 g.name, g.chunks, g.expected, g.late, g.missed, g.not_yet, errs, proc
             );
+            if let Some(x) = g.process_cpu_s_per_gb {
+                let _ = writeln!(
+                    o,
+                    "    relay CPU {:.2} s for {:.3} GB delivered: {x:.2} CPU s per GB ({})",
+                    g.process_cpu_s.unwrap_or(0.0),
+                    g.bytes as f64 / 1e9,
+                    if self.pin.pinned {
+                        "pinned"
+                    } else {
+                        "not pinned"
+                    }
+                );
+            }
             for (k, v) in &g.errors {
                 let _ = writeln!(o, "    error {k}: {v}");
             }

@@ -87,6 +87,13 @@ pub async fn run(opts: LiveOpts, cancel: CancellationToken) -> anyhow::Result<Li
         opts.sources
     };
 
+    let relay_pids: Vec<(String, u32)> = opts
+        .groups
+        .iter()
+        .filter(|g| g.via_relay)
+        .filter_map(|g| g.pid.map(|p| (g.name.clone(), p)))
+        .collect();
+    let pin = crate::pin::apply(opts.pin, opts.origin_pid, &relay_pids)?;
     let loopback = if opts.loopback_probe > 0 {
         net::loopback_throughput(opts.loopback_probe).await?
     } else {
@@ -117,6 +124,7 @@ pub async fn run(opts: LiveOpts, cancel: CancellationToken) -> anyhow::Result<Li
             .map(|_| Mutex::new(GroupRecord::default()))
             .collect(),
         bytes: AtomicU64::new(0),
+        group_bytes: opts.groups.iter().map(|_| AtomicU64::new(0)).collect(),
         chunks_total: AtomicU64::new(0),
         errors_total: AtomicU64::new(0),
         opts: opts.clone(),
@@ -249,7 +257,12 @@ pub async fn run(opts: LiveOpts, cancel: CancellationToken) -> anyhow::Result<Li
     let (mut prev_ttfb, mut prev_ttlb) = (control_ttfb, control_ttlb);
     for (i, (r, g)) in records.iter().zip(&opts.groups).enumerate() {
         let (ttfb, ttlb) = (Percentiles::of(&r.ttfb), Percentiles::of(&r.ttlb));
+        let bytes = ctx.group_bytes[i].load(Ordering::Relaxed);
+        let cpu_s = watched[i].as_ref().map(|m| m.cpu().as_secs_f64());
         groups.push(GroupReport {
+            bytes,
+            process_cpu_s: cpu_s,
+            process_cpu_s_per_gb: cpu_s.and_then(|c| crate::pin::cpu_s_per_gb(c, bytes)),
             name: g.name.clone(),
             viewers: g.viewers,
             hops: i,
@@ -313,6 +326,7 @@ pub async fn run(opts: LiveOpts, cancel: CancellationToken) -> anyhow::Result<Li
         loadgen_cpu_percent: loadgen_cpu,
         loop_lag_ms,
         total_errors,
+        pin,
     })
 }
 

@@ -35,6 +35,8 @@ pub(super) struct Ctx {
     pub(super) records: Vec<Mutex<GroupRecord>>,
     /// Bytes delivered to all viewers.
     pub(super) bytes: AtomicU64,
+    /// Bytes delivered per group.
+    pub(super) group_bytes: Vec<AtomicU64>,
     /// Chunks delivered to all viewers.
     pub(super) chunks_total: AtomicU64,
     /// Errors of all viewers.
@@ -42,7 +44,7 @@ pub(super) struct Ctx {
 }
 
 /// What one request got.
-enum Fetched {
+pub(crate) enum Fetched {
     Chunk {
         publish_ns: u64,
         first_ns: u64,
@@ -56,12 +58,25 @@ enum Fetched {
 
 /// One chunk request: its publish time and when its first and last bytes
 /// came, or "not yet", or another status.
-async fn fetch(
+pub(crate) async fn fetch(
     client: &mut Client,
     req: Request<Empty<Bytes>>,
     seq: u64,
 ) -> Result<Fetched, &'static str> {
-    let resp = client.send(req).await.map_err(|_| "request failed")?;
+    let resp = client.send(req).await.map_err(|e| {
+        // Which way it failed tells a refused stream from a closed connection.
+        if e.is_canceled() {
+            "request canceled (connection closed before it was sent)"
+        } else if e.is_incomplete_message() {
+            "connection closed before the response"
+        } else if e.is_closed() {
+            "connection closed"
+        } else if e.is_timeout() {
+            "request timeout"
+        } else {
+            "request failed"
+        }
+    })?;
     let status = resp.status();
     if status != StatusCode::OK {
         let not_yet = mlcache::protocol::is_not_yet(resp.status(), resp.headers());
@@ -182,6 +197,7 @@ pub(super) async fn viewer(
                 hit,
             })) => {
                 ctx.bytes.fetch_add(len, Ordering::Relaxed);
+                ctx.group_bytes[g].fetch_add(len, Ordering::Relaxed);
                 ctx.chunks_total.fetch_add(1, Ordering::Relaxed);
                 let ttfb = first_ns.saturating_sub(publish_ns);
                 if publish_ns >= ctx.window.0 && publish_ns < ctx.window.1 {
