@@ -210,7 +210,12 @@ pub async fn run(opts: LiveOpts, cancel: CancellationToken) -> anyhow::Result<Li
                     let (Some(c), Some(rss)) = (sys::proc_cpu(pid), sys::proc_rss(pid)) else { continue };
                     let now = Instant::now();
                     let wall = now.duration_since(t_prev).as_secs_f64();
-                    if wall > 0.0 && samples[i].len() < TIMELINE_SECONDS {
+                    // The interval's first tick is immediate: too short a
+                    // span for a meaningful CPU share, so wait for the next.
+                    if wall < 0.5 {
+                        continue;
+                    }
+                    if samples[i].len() < TIMELINE_SECONDS {
                         samples[i].push(ProcSample {
                             t_s: now.duration_since(t0).as_secs_f64(),
                             cpu_percent: 100.0 * c.saturating_sub(c_prev).as_secs_f64() / wall,
