@@ -95,6 +95,10 @@ enum Cmd {
         /// Write the full results (histograms included) here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Write the HTML report with SVG charts into this directory
+        /// (default: mlcache-demo-report in the temp directory).
+        #[arg(long)]
+        report: Option<PathBuf>,
     },
     /// Live viewers against running relays, with a control group on the origin.
     Live {
@@ -144,6 +148,9 @@ enum Cmd {
         /// Write the full results here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Write an HTML report with SVG charts (DIR/index.html, DIR/*.svg).
+        #[arg(long)]
+        report: Option<PathBuf>,
     },
     /// LL-HLS players (blocking playlist reloads, preload-hinted parts, as
     /// hls.js in low-latency mode) against running relays, with a control
@@ -305,11 +312,18 @@ async fn main() -> anyhow::Result<()> {
             mlcache::init_tracing();
             mlcache::origin::run(args.into_config().map_err(anyhow::Error::msg)?).await?;
         }
-        Cmd::Demo { mut opts, json } => {
+        Cmd::Demo {
+            mut opts,
+            json,
+            report: report_dir,
+        } => {
             opts.control = opts.control.max(1);
             let report = demo::run(opts, ctrl_c()).await?;
             print!("{}", report.table());
             write_json(&json, &report)?;
+            let report_dir =
+                report_dir.unwrap_or_else(|| std::env::temp_dir().join("mlcache-demo-report"));
+            let page = live::html::write(&report, &report_dir)?;
             let ok_rpc = (report.origin_requests_per_chunk - 1.0).abs() < 1e-9;
             println!(
                 "\nverdict: origin requests per chunk {:.2} (expected 1.00) {}; errors {} (expected 0) {}",
@@ -318,6 +332,7 @@ async fn main() -> anyhow::Result<()> {
                 report.total_errors,
                 if report.total_errors == 0 { "OK" } else { "FAIL" }
             );
+            println!("report: {}", page.display());
             anyhow::ensure!(
                 ok_rpc && report.total_errors == 0,
                 "the demo's expectations were not met"
@@ -339,6 +354,7 @@ async fn main() -> anyhow::Result<()> {
             pin,
             origin_pid,
             json,
+            report: report_dir,
         } => {
             let unsplit = relay.iter().filter(|r| r.viewers.is_none()).count().max(1);
             let mut groups = vec![Group {
@@ -379,6 +395,10 @@ async fn main() -> anyhow::Result<()> {
             let report = live::run(opts, ctrl_c()).await?;
             print!("{}", report.table());
             write_json(&json, &report)?;
+            if let Some(dir) = report_dir {
+                let page = live::html::write(&report, &dir)?;
+                eprintln!("report written to {}", page.display());
+            }
         }
         Cmd::Hls {
             origin,

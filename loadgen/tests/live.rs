@@ -96,6 +96,8 @@ async fn small_live_run_is_consistent() {
 #[test]
 fn demo_runs_and_leaves_nothing_behind() {
     let json = std::env::temp_dir().join(format!("mlcache-demo-{}.json", std::process::id()));
+    let report_dir =
+        std::env::temp_dir().join(format!("mlcache-demo-report-{}", std::process::id()));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_mlcache-loadgen"))
         .args([
             "demo",
@@ -112,6 +114,8 @@ fn demo_runs_and_leaves_nothing_behind() {
         ])
         .arg("--json")
         .arg(&json)
+        .arg("--report")
+        .arg(&report_dir)
         .output()
         .expect("run demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -122,6 +126,15 @@ fn demo_runs_and_leaves_nothing_behind() {
         "{stdout}"
     );
     assert!(stdout.contains("verdict"), "{stdout}");
+    // The demo ends by naming its HTML report, which is there.
+    let page = report_dir.join("index.html");
+    assert_eq!(
+        stdout.lines().last(),
+        Some(format!("report: {}", page.display()).as_str()),
+        "{stdout}"
+    );
+    assert!(std::fs::read_to_string(&page).unwrap().contains("<svg"));
+    std::fs::remove_dir_all(&report_dir).ok();
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(v["total_errors"], 0);
     assert_eq!(v["origin_requests_per_chunk"], 1.0);

@@ -11,8 +11,10 @@
 //!
 //! Files: `viewer.rs` one viewer's loop and what it records, `run.rs` the
 //! orchestration (edge polling, ramp, progress, origin counts), `report.rs`
-//! the results and their table; this file holds the options.
+//! the results and their table, `html.rs` the `--report` pages drawn from
+//! them; this file holds the options.
 
+pub mod html;
 mod report;
 mod run;
 pub(crate) mod viewer;
@@ -20,7 +22,7 @@ pub(crate) mod viewer;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use report::{GroupReport, LiveReport};
+pub use report::{GroupReport, LiveReport, ProcSample, SecondStats};
 pub use run::run;
 
 /// One group of viewers on one target.

@@ -35,6 +35,31 @@ pub struct GroupReport {
     pub process_cpu_s: Option<f64>,
     /// Those CPU seconds per 10^9 bytes delivered to this group.
     pub process_cpu_s_per_gb: Option<f64>,
+    /// Publish → first byte per second of the run (by publish time), ramp
+    /// included: the delay-over-time chart.
+    pub per_second_ttfb_ms: Vec<SecondStats>,
+    /// The watched process sampled once a second (empty without a pid).
+    pub process_samples: Vec<ProcSample>,
+}
+
+/// One second of one group's publish → first byte.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SecondStats {
+    /// Seconds since the run started.
+    pub t_s: u64,
+    pub count: u64,
+    pub p50: f64,
+    pub p99: f64,
+}
+
+/// One sample of a watched process.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ProcSample {
+    /// Seconds since the run started.
+    pub t_s: f64,
+    /// CPU use since the previous sample, in % of one core.
+    pub cpu_percent: f64,
+    pub rss_bytes: u64,
 }
 
 /// The whole run's results.
@@ -51,6 +76,9 @@ pub struct LiveReport {
     pub origin_requests_per_chunk: f64,
     pub origin_requests_min: u64,
     pub origin_requests_max: u64,
+    /// `(chunk sequence, origin requests)` for every relay-path chunk in the
+    /// window, in sequence order.
+    pub origin_requests_by_chunk: Vec<(u64, u64)>,
     pub bytes_per_sec: f64,
     pub loopback_bytes_per_sec: f64,
     /// k × chunk / B for the largest relay group: when its last viewer could

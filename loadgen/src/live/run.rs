@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use mlcache::protocol::now_ns;
 
-use super::viewer::{viewer, Ctx};
-use super::{GroupReport, LiveOpts, LiveReport};
+use super::viewer::{viewer, Ctx, TIMELINE_SECONDS};
+use super::{GroupReport, LiveOpts, LiveReport, ProcSample, SecondStats};
 use crate::net::{self, Client};
 use crate::report::{self, rate, GroupRecord, Percentiles};
 use crate::sys::{self, CpuMeter};
@@ -127,6 +127,8 @@ pub async fn run(opts: LiveOpts, cancel: CancellationToken) -> anyhow::Result<Li
         group_bytes: opts.groups.iter().map(|_| AtomicU64::new(0)).collect(),
         chunks_total: AtomicU64::new(0),
         errors_total: AtomicU64::new(0),
+        t0_ns,
+        timeline: opts.groups.iter().map(|_| Mutex::new(Vec::new())).collect(),
         opts: opts.clone(),
     });
 
@@ -187,6 +189,14 @@ pub async fn run(opts: LiveOpts, cancel: CancellationToken) -> anyhow::Result<Li
         }
     }
 
+    // Watched processes sampled on every progress tick, for the report's
+    // CPU and RSS over time; bounded like the timeline.
+    let mut samples: Vec<Vec<ProcSample>> = opts.groups.iter().map(|_| Vec::new()).collect();
+    let mut last_cpu: Vec<Option<(Instant, Duration)>> = opts
+        .groups
+        .iter()
+        .map(|g| g.pid.and_then(sys::proc_cpu).map(|c| (Instant::now(), c)))
+        .collect();
     let bar = progress_bar(opts.ramp + opts.duration);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_line = Instant::now();
@@ -195,6 +205,25 @@ pub async fn run(opts: LiveOpts, cancel: CancellationToken) -> anyhow::Result<Li
             _ = cancel.cancelled() => { tasks.abort_all(); break; }
             r = tasks.join_next() => if r.is_none() { break },
             _ = tick.tick() => {
+                for (i, g) in opts.groups.iter().enumerate() {
+                    let (Some(pid), Some((t_prev, c_prev))) = (g.pid, last_cpu[i]) else { continue };
+                    let (Some(c), Some(rss)) = (sys::proc_cpu(pid), sys::proc_rss(pid)) else { continue };
+                    let now = Instant::now();
+                    let wall = now.duration_since(t_prev).as_secs_f64();
+                    // The interval's first tick is immediate: too short a
+                    // span for a meaningful CPU share, so wait for the next.
+                    if wall < 0.5 {
+                        continue;
+                    }
+                    if samples[i].len() < TIMELINE_SECONDS {
+                        samples[i].push(ProcSample {
+                            t_s: now.duration_since(t0).as_secs_f64(),
+                            cpu_percent: 100.0 * c.saturating_sub(c_prev).as_secs_f64() / wall,
+                            rss_bytes: rss,
+                        });
+                    }
+                    last_cpu[i] = Some((now, c));
+                }
                 let msg = format!(
                     "{} viewers, {} chunks, {} errors, {}",
                     total_viewers,
@@ -251,6 +280,26 @@ pub async fn run(opts: LiveOpts, cancel: CancellationToken) -> anyhow::Result<Li
                 .unwrap_or(0)
         })
         .collect();
+    let timelines: Vec<Vec<SecondStats>> = ctx
+        .timeline
+        .iter()
+        .map(|t| {
+            t.lock()
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| !h.is_empty())
+                .map(|(s, h)| {
+                    let p = Percentiles::of(h);
+                    SecondStats {
+                        t_s: s as u64,
+                        count: p.count,
+                        p50: p.p50,
+                        p99: p.p99,
+                    }
+                })
+                .collect()
+        })
+        .collect();
     let control_ttfb = Percentiles::of(&records[0].ttfb);
     let control_ttlb = Percentiles::of(&records[0].ttlb);
     let mut groups = Vec::new();
@@ -282,6 +331,8 @@ pub async fn run(opts: LiveOpts, cancel: CancellationToken) -> anyhow::Result<Li
             ttlb_histogram_us: report::buckets(&r.ttlb),
             process_cpu_percent: watched[i].as_ref().map(|m| m.percent()),
             process_rss_bytes: g.pid.and_then(sys::proc_rss),
+            per_second_ttfb_ms: timelines[i].clone(),
+            process_samples: std::mem::take(&mut samples[i]),
         });
         if g.via_relay {
             prev_ttfb = ttfb;
@@ -316,6 +367,11 @@ pub async fn run(opts: LiveOpts, cancel: CancellationToken) -> anyhow::Result<Li
         },
         origin_requests_min: per_chunk.iter().copied().min().unwrap_or(0),
         origin_requests_max: per_chunk.iter().copied().max().unwrap_or(0),
+        origin_requests_by_chunk: relay_seqs
+            .iter()
+            .copied()
+            .zip(per_chunk.iter().copied())
+            .collect(),
         bytes_per_sec: ctx.bytes.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64(),
         loopback_bytes_per_sec: loopback,
         physical_bound_last_viewer_ms: if loopback > 0.0 {

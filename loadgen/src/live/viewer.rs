@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use hdrhistogram::Histogram;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use parking_lot::Mutex;
@@ -41,6 +42,21 @@ pub(super) struct Ctx {
     pub(super) chunks_total: AtomicU64,
     /// Errors of all viewers.
     pub(super) errors_total: AtomicU64,
+    /// When the run started (Unix ns): second 0 of the timeline.
+    pub(super) t0_ns: u64,
+    /// Per group, publish → first byte of every chunk (window or not, so the
+    /// ramp shows) by the second it was published in; at most
+    /// [`TIMELINE_SECONDS`] seconds.
+    pub(super) timeline: Vec<Mutex<Vec<Histogram<u64>>>>,
+}
+
+/// The timeline's bound: later seconds are not recorded.
+pub(super) const TIMELINE_SECONDS: usize = 3600;
+
+/// A small per-second histogram: two significant digits are plenty for a
+/// p50/p99 line, and keep an hour of seconds cheap.
+fn second_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 2).expect("static bounds")
 }
 
 /// What one request got.
@@ -200,6 +216,14 @@ pub(super) async fn viewer(
                 ctx.group_bytes[g].fetch_add(len, Ordering::Relaxed);
                 ctx.chunks_total.fetch_add(1, Ordering::Relaxed);
                 let ttfb = first_ns.saturating_sub(publish_ns);
+                let second = (publish_ns.saturating_sub(ctx.t0_ns) / 1_000_000_000) as usize;
+                if second < TIMELINE_SECONDS {
+                    let mut t = ctx.timeline[g].lock();
+                    if t.len() <= second {
+                        t.resize_with(second + 1, second_histogram);
+                    }
+                    report::record(&mut t[second], ttfb / 1000);
+                }
                 if publish_ns >= ctx.window.0 && publish_ns < ctx.window.1 {
                     let mut r = ctx.records[g].lock();
                     report::record(&mut r.ttfb, ttfb / 1000);
