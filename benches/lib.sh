@@ -1,28 +1,46 @@
-# Shared by the bench scripts: a work directory removed at exit, every
-# started process stopped at exit, and reading the address a process prints.
+# Shared by the bench scripts: a work directory removed at exit (kept with
+# KEEP=1), every started process stopped at exit, the fd limit raised, and
+# reading the address a process prints.
 #   . "$(dirname "$0")/lib.sh"; bench_init NAME
 #   cmd >"$WORK/x.out" 2>"$WORK/x.err" & PIDS+=($!)
-#   X=$(addr x listening)       # waits (bounded) for "listening ADDR" in x.out
+#   X=$(addr x)                 # waits (bounded) for "listening ADDR" in x.out
+#   X=$(addr_of FILE WORD)      # the same for "WORD ADDR" in any FILE
 
 bench_init() {
+    BENCH=$1
     WORK=$(mktemp -d "${TMPDIR:-/tmp}/mlcache-$1.XXXXXX")
     PIDS=()
     trap bench_cleanup EXIT
+    ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 }
 
 bench_cleanup() {
+    local p
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    if [[ "${KEEP:-0}" == 1 ]]; then
+        echo "$BENCH: logs kept in $WORK" >&2
+    else
+        rm -rf "$WORK"
+    fi
+}
+
+# addr_of FILE WORD: the address after WORD in FILE, waiting up to 30 s.
+addr_of() {
+    local file=$1 word=$2 i
+    for i in $(seq 1 300); do
+        if grep -q "^$word " "$file" 2>/dev/null; then
+            awk -v w="$word" '$1 == w { print $2; exit }' "$file"
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "$BENCH: no '$word' line in $file" >&2
+    return 1
 }
 
 # addr NAME [WHAT]: the address after WHAT (default `listening`) in
-# $WORK/NAME.out, waiting up to 20 s for it.
+# $WORK/NAME.out.
 addr() {
-    local what=${2:-listening}
-    for _ in $(seq 1 200); do
-        grep -q "^$what " "$WORK/$1.out" 2>/dev/null && break
-        sleep 0.1
-    done
-    awk -v w="$what" '$1==w{print $2; exit}' "$WORK/$1.out"
+    addr_of "$WORK/$1.out" "${2:-listening}"
 }

@@ -24,41 +24,8 @@ cd "$(dirname "$0")/.."
 echo "soak: building release binaries" >&2
 cargo build --release --workspace --bins >&2
 BIN=target/release
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/mlcache-soak.XXXXXX")
-PIDS=()
-
-cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do
-        kill "$p" 2>/dev/null || true
-    done
-    for p in "${PIDS[@]}"; do
-        wait "$p" 2>/dev/null || true
-    done
-    if [[ "${KEEP:-0}" == 1 ]]; then
-        echo "soak: logs kept in $WORK" >&2
-    else
-        rm -rf "$WORK"
-    fi
-}
-trap cleanup EXIT
-
-# Raise the descriptor limit for everything started below.
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-
-# Waits (bounded) for "WORD ADDR" in FILE and prints ADDR.
-addr_of() {
-    local file=$1 word=$2 i
-    for i in $(seq 1 200); do
-        if grep -q "^$word " "$file" 2>/dev/null; then
-            awk -v w="$word" '$1 == w { print $2; exit }' "$file"
-            return 0
-        fi
-        sleep 0.1
-    done
-    echo "soak: no '$word' line in $file" >&2
-    return 1
-}
+. "$(dirname "$0")/lib.sh"
+bench_init soak
 
 rss_kb() {
     awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0

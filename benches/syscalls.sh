@@ -35,39 +35,8 @@ if [[ -z "${BIN:-}" ]]; then
     cargo build --release --workspace --bins >&2
     BIN=target/release
 fi
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/mlcache-syscalls.XXXXXX")
-PIDS=()
-
-cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do
-        kill "$p" 2>/dev/null || true
-    done
-    for p in "${PIDS[@]}"; do
-        wait "$p" 2>/dev/null || true
-    done
-    if [[ "${KEEP:-0}" == 1 ]]; then
-        echo "syscalls: logs kept in $WORK" >&2
-    else
-        rm -rf "$WORK"
-    fi
-}
-trap cleanup EXIT
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-
-# Waits (bounded) for "WORD ADDR" in FILE and prints ADDR.
-addr_of() {
-    local file=$1 word=$2 i
-    for i in $(seq 1 300); do
-        if grep -q "^$word " "$file" 2>/dev/null; then
-            awk -v w="$word" '$1 == w { print $2; exit }' "$file"
-            return 0
-        fi
-        sleep 0.1
-    done
-    echo "syscalls: no '$word' line in $file" >&2
-    return 1
-}
+. "$(dirname "$0")/lib.sh"
+bench_init syscalls
 
 # The relay's bytes_out counter, from its admin port.
 bytes_out() {

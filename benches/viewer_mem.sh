@@ -29,38 +29,8 @@ if [[ -z "${BIN:-}" ]]; then
 fi
 PARK=${PARK:-target/release/examples/park}
 [[ -x "$PARK" ]] || cargo build --release --example park >&2
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/mlcache-viewermem.XXXXXX")
-PIDS=()
-
-cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do
-        kill "$p" 2>/dev/null || true
-    done
-    for p in "${PIDS[@]}"; do
-        wait "$p" 2>/dev/null || true
-    done
-    if [[ "${KEEP:-0}" == 1 ]]; then
-        echo "viewer_mem: logs kept in $WORK" >&2
-    else
-        rm -rf "$WORK"
-    fi
-}
-trap cleanup EXIT
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-
-addr_of() {
-    local file=$1 word=$2 i
-    for i in $(seq 1 300); do
-        if grep -q "^$word " "$file" 2>/dev/null; then
-            awk -v w="$word" '$1 == w { print $2; exit }' "$file"
-            return 0
-        fi
-        sleep 0.1
-    done
-    echo "viewer_mem: no '$word' line in $file" >&2
-    return 1
-}
+. "$(dirname "$0")/lib.sh"
+bench_init viewer_mem
 
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 # Allocated bytes from /heap, or empty when the relay lacks alloc-stats.

@@ -16,31 +16,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::netns::{check_output, ip, spawn_in, wait_until};
 use common::TestProcess;
-use mlcache::origin::chunk_bytes;
 
 const CHUNK: usize = 16 * 1024;
 const CHUNKS: u64 = 16;
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
 
 /// The namespaces of one run; deleted on drop.
 struct Net {
@@ -159,70 +143,11 @@ impl Drop for Net {
     }
 }
 
-/// A process in a namespace; killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A client in a namespace, its stderr written to `stderr`.
-fn spawn_in(ns: &str, bin: &str, args: &[&str], stderr: &Path) -> Proc {
-    let err = Stdio::from(std::fs::File::create(stderr).unwrap());
-    Proc(
-        Command::new("ip")
-            .args(["netns", "exec", ns, bin])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .expect("spawn in namespace"),
-    )
-}
-
 /// A server in a namespace, once it has printed where it listens.
 fn serve_in(ns: &str, bin: &str, args: &[&str]) -> TestProcess {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns, bin]).args(args);
     TestProcess::start(cmd, false)
-}
-
-fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn check_output(path: &Path) -> Vec<u64> {
-    let out = std::fs::read(path).unwrap();
-    assert_eq!(
-        out.len(),
-        CHUNKS as usize * CHUNK,
-        "{}: every chunk, whole",
-        path.display()
-    );
-    let seqs: Vec<u64> = out
-        .chunks(CHUNK)
-        .map(|c| {
-            let ns = u64::from_be_bytes(c[..8].try_into().unwrap());
-            let seq = u64::from_be_bytes(c[8..16].try_into().unwrap());
-            assert!(
-                c == &chunk_bytes(0, seq, CHUNK, ns)[..],
-                "chunk {seq} verifies"
-            );
-            seq
-        })
-        .collect();
-    assert!(
-        seqs.windows(2).all(|w| w[1] == w[0] + 1),
-        "no chunk lost: {seqs:?}"
-    );
-    seqs
 }
 
 #[test]
@@ -302,6 +227,7 @@ fn clients_use_their_nearest_relay_and_survive_its_withdrawal() {
                 "--timeout",
                 "10s",
             ],
+            &[],
             &err,
         );
         (p, out, err)
@@ -334,8 +260,8 @@ fn clients_use_their_nearest_relay_and_survive_its_withdrawal() {
             std::fs::read_to_string(dir.join(format!("{name}.err"))).unwrap_or_default()
         );
     }
-    check_output(&out1);
-    check_output(&out2);
+    check_output(&out1, CHUNKS, CHUNK);
+    check_output(&out2, CHUNKS, CHUNK);
     let log1 = std::fs::read_to_string(&err1).unwrap();
     let log2 = std::fs::read_to_string(&err2).unwrap();
     // Each client found its own relay first.

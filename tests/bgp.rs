@@ -38,13 +38,12 @@
 
 mod common;
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::netns::{check_output, ip, spawn_in, wait_until, Proc};
 use common::TestProcess;
-use mlcache::origin::chunk_bytes;
 
 const CHUNK: usize = 16 * 1024;
 const CHUNKS: u64 = 60;
@@ -54,22 +53,6 @@ const ORIGIN: &str = "10.0.1.2:9100";
 const HOLD: u64 = 3;
 /// The relays' `--drain-delay`.
 const DRAIN_DELAY: Duration = Duration::from_secs(2);
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
 
 /// The namespaces of one run; deleted on drop.
 struct Net {
@@ -178,47 +161,6 @@ impl Drop for Net {
             let _ = ip(&["netns", "del", ns]);
         }
     }
-}
-
-/// A process (and its process group) in a namespace; killed on drop.
-struct Proc(Child);
-
-impl Proc {
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.0.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig}");
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // The whole group: the health check's curl and sleep too.
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.0.id())])
-            .stderr(Stdio::null())
-            .status();
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `bin ARGS` in namespace `ns` in a process group of its own, stderr
-/// to `log`.
-fn spawn_in(ns: &str, bin: &str, args: &[&str], env: &[(&str, &str)], log: &Path) -> Proc {
-    let err = Stdio::from(std::fs::File::create(log).unwrap());
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", ns, bin])
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(err)
-        .process_group(0);
-    Proc(cmd.spawn().expect("spawn in namespace"))
 }
 
 /// BIRD's configuration for a region router: eBGP to its edges (anycast /32
@@ -378,50 +320,12 @@ fn fib_next_hop(net: &Net, short: &str) -> String {
         .to_string()
 }
 
-/// Polls `cond` every 10 ms until it holds; the time it took. Panics after
-/// `limit`.
-fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    start.elapsed()
-}
-
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
 fn played(path: &Path) -> usize {
     std::fs::metadata(path).map_or(0, |m| m.len() as usize / CHUNK)
-}
-
-/// Every chunk sequence number exactly once, in order, bytes exact.
-fn check_output(path: &Path) {
-    let out = std::fs::read(path).unwrap();
-    assert_eq!(
-        out.len(),
-        CHUNKS as usize * CHUNK,
-        "{}: every chunk, whole",
-        path.display()
-    );
-    let seqs: Vec<u64> = out
-        .chunks(CHUNK)
-        .map(|c| {
-            let ns = u64::from_be_bytes(c[..8].try_into().unwrap());
-            let seq = u64::from_be_bytes(c[8..16].try_into().unwrap());
-            assert!(
-                c == &chunk_bytes(0, seq, CHUNK, ns)[..],
-                "chunk {seq} verifies"
-            );
-            seq
-        })
-        .collect();
-    assert!(
-        seqs.windows(2).all(|w| w[1] == w[0] + 1),
-        "no chunk lost or repeated: {seqs:?}"
-    );
 }
 
 /// Why this host cannot run the test, if it cannot.
@@ -715,8 +619,8 @@ fn bgp_anycast_follows_relay_health() {
         };
         assert!(status.success(), "{name} failed:\n{}", read(err));
     }
-    check_output(&out1);
-    check_output(&out2);
+    check_output(&out1, CHUNKS, CHUNK);
+    check_output(&out2, CHUNKS, CHUNK);
     let (log1, log2) = (read(&err1), read(&err2));
     let summary = |log: &str| {
         log.lines()

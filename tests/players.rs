@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::browser::{self, Play, Tab};
+use common::ll::{get, warm, Tree, WARM_UP};
 use common::nginx::{self, LiveHls, Nginx, TempDir};
-use common::{h1, CertFiles, TestProcess};
+use common::{h1, TestProcess};
 use http::{Request, StatusCode};
 use http_body_util::Empty;
 
@@ -32,9 +33,6 @@ static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Frame rate of the test feed.
 const FPS: u64 = 10;
-
-/// How long a freshly spawned ffmpeg may take to produce segments.
-const WARM_UP: Duration = Duration::from_secs(40);
 
 /// `mlcache-origin --ll` (LL-HLS and LL-DASH from its own ffmpeg), small
 /// and at 10 fps (two frames per 200 ms part): six player windows decode it
@@ -80,28 +78,6 @@ impl LlRig {
     }
 }
 
-async fn get(addr: SocketAddr, path: &str) -> common::Got {
-    let req = Request::get(path)
-        .header("host", addr.to_string())
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    h1(addr, req).await.expect("request")
-}
-
-/// Waits until the LL origin lists `segments` complete segments.
-async fn warm(addr: SocketAddr, segments: usize) {
-    let deadline = Instant::now() + WARM_UP;
-    loop {
-        let g = get(addr, "/ll/media.m3u8").await;
-        let text = String::from_utf8_lossy(g.bytes()).to_string();
-        if g.status == StatusCode::OK && text.matches("#EXTINF").count() >= segments {
-            return;
-        }
-        assert!(Instant::now() < deadline, "origin never warmed up: {g:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// The origin's request counts by path and query.
 async fn origin_requests(addr: SocketAddr) -> HashMap<String, u64> {
     let g = get(addr, "/stats").await;
@@ -130,62 +106,14 @@ fn delta(
     v
 }
 
-/// Relay A (talks to the origin) and relay B (its child, over https with
-/// h2), both with a TLS listener and `--cors *`.
-struct Tree {
-    a: TestProcess,
-    b: TestProcess,
-    b_tls: SocketAddr,
-    _certs: CertFiles,
-}
-
-impl Tree {
-    fn start(origin: &str, a_extra: &[&str]) -> Tree {
-        let certs = CertFiles::generate("players");
-        let (cert, key) = (CertFiles::path(&certs.cert), CertFiles::path(&certs.key));
-        let common = [
-            "--allow-origin",
-            origin,
-            "--tls-cert",
-            cert,
-            "--tls-key",
-            key,
-            "--cors",
-            "*",
-        ];
-        let mut a_args = common.to_vec();
-        a_args.extend_from_slice(a_extra);
-        let (a, a_tls) = TestProcess::relay_tls(&a_args);
-        let parent = format!("https://{a_tls}");
-        let mut b_args = common.to_vec();
-        b_args.extend_from_slice(&["--upstream", &parent, "--upstream-ca"]);
-        b_args.push(CertFiles::path(&certs.ca));
-        let (b, b_tls) = TestProcess::relay_tls(&b_args);
-        Tree {
-            a,
-            b,
-            b_tls,
-            _certs: certs,
-        }
-    }
-
-    /// `https://B/mlcache/ORIGIN/PATH`: the relay path a player is given.
-    fn url(&self, origin: SocketAddr, path: &str) -> String {
-        format!("https://{}/mlcache/{origin}{path}", self.b_tls)
-    }
-}
-
 /// Where a test's screenshot goes (target/players-NAME.png).
 fn screenshot(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     dir.join(format!("players-{name}.png"))
 }
 
-/// Runs the browser on a blocking thread.
 async fn play(p: Play<'static>) -> Vec<Tab> {
-    tokio::task::spawn_blocking(move || browser::play(&p))
-        .await
-        .expect("play")
+    browser::play_async(p, &[]).await
 }
 
 /// Every tab played: media time advanced ≥ 0.9 s per second, no stall, no

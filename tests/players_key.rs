@@ -20,21 +20,18 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use aes::cipher::{BlockDecrypt, KeyInit};
-use bytes::Bytes;
+
 use common::browser::{self, Play, Tab};
+use common::ll::{get, warm, Tree};
 use common::nginx::{self, TempDir};
-use common::{h1, h1_tls, path_get, CertFiles, TestProcess};
+use common::{h1, h1_tls, path_get, TestProcess};
 use http::{Method, Request, StatusCode};
 use http_body_util::Empty;
 
 /// One browser (or heavy encoder set) at a time.
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// How long a freshly spawned ffmpeg may take to produce segments.
-const WARM_UP: Duration = Duration::from_secs(40);
 
 /// The origin's API bearer token in these tests.
 const TOKEN: &str = "key-test-token";
@@ -51,14 +48,6 @@ fn encrypted_origin(dir: &TempDir, rotation: u64) -> (TestProcess, String) {
     let p = TestProcess::start(cmd, false);
     let pem = std::fs::read_to_string(&ca).expect("the origin's CA");
     (p, pem)
-}
-
-async fn get(addr: SocketAddr, path: &str) -> common::Got {
-    let req = Request::get(path)
-        .header("host", addr.to_string())
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    h1(addr, req).await.expect("request")
 }
 
 /// A request to the origin's HTTPS API, with `auth` as the Authorization
@@ -80,20 +69,6 @@ async fn api(
     h1_tls(origin, ca, req.body(Empty::new()).unwrap())
         .await
         .expect("https request")
-}
-
-/// Waits until the LL origin lists `segments` complete segments.
-async fn warm(addr: SocketAddr, segments: usize) -> String {
-    let deadline = Instant::now() + WARM_UP;
-    loop {
-        let g = get(addr, "/ll/media.m3u8").await;
-        let text = String::from_utf8_lossy(g.bytes()).to_string();
-        if g.status == StatusCode::OK && text.matches("#EXTINF").count() >= segments {
-            return text;
-        }
-        assert!(Instant::now() < deadline, "origin never warmed up: {g:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The origin's key requests by `{http|https} {status}`.
@@ -180,49 +155,6 @@ fn starts_with_box(b: &[u8], kind: &[u8; 4]) -> bool {
     b.len() >= 8 && &b[4..8] == kind
 }
 
-/// Relay A (talks to the origin) and relay B (its child, over https with
-/// h2), both with a TLS listener and `--cors *` (as in tests/players.rs).
-struct Tree {
-    a: TestProcess,
-    b: TestProcess,
-    b_tls: SocketAddr,
-    _certs: CertFiles,
-}
-
-impl Tree {
-    fn start(origin: &str) -> Tree {
-        let certs = CertFiles::generate("players-key");
-        let (cert, key) = (CertFiles::path(&certs.cert), CertFiles::path(&certs.key));
-        let common = [
-            "--allow-origin",
-            origin,
-            "--tls-cert",
-            cert,
-            "--tls-key",
-            key,
-            "--cors",
-            "*",
-        ];
-        let (a, a_tls) = TestProcess::relay_tls(&common);
-        let parent = format!("https://{a_tls}");
-        let mut b_args = common.to_vec();
-        b_args.extend_from_slice(&["--upstream", &parent, "--upstream-ca"]);
-        b_args.push(CertFiles::path(&certs.ca));
-        let (b, b_tls) = TestProcess::relay_tls(&b_args);
-        Tree {
-            a,
-            b,
-            b_tls,
-            _certs: certs,
-        }
-    }
-
-    /// `https://B/mlcache/ORIGIN/PATH`: the relay path a player is given.
-    fn url(&self, origin: SocketAddr, path: &str) -> String {
-        format!("https://{}/mlcache/{origin}{path}", self.b_tls)
-    }
-}
-
 /// The key endpoint's refusals, the playlist's tags, and what a relay
 /// caches: ciphertext that opens, with the key, to fMP4.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,7 +165,7 @@ async fn relays_carry_ciphertext_and_keys_need_https_and_the_token() {
     let _heavy = HEAVY.lock().await;
     let dir = TempDir::new("players-key");
     let (origin, ca) = encrypted_origin(&dir, 2);
-    let tree = Tree::start(&format!("http://{}", origin.addr));
+    let tree = Tree::start(&format!("http://{}", origin.addr), &[]);
     let o = origin.addr;
     let playlist = warm(o, 3).await;
 
@@ -353,32 +285,15 @@ async fn relays_carry_ciphertext_and_keys_need_https_and_the_token() {
         .output()
         .expect("run ffmpeg");
     assert!(run.status.success(), "ffmpeg: {run:?}");
-    let n = frames(&out);
+    let n = nginx::ffprobe_frames(&out);
     eprintln!("ffmpeg wrote {n} frames of the encrypted stream through the relays");
     assert!(n >= 60, "ffmpeg wrote {n} frames");
     drop(tree);
 }
 
-/// Frames ffprobe decodes from a file.
-fn frames(path: &std::path::Path) -> u64 {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
-        .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
-        .arg(path)
-        .output()
-        .expect("run ffprobe");
-    assert!(out.status.success(), "ffprobe {path:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// Runs the browser on a blocking thread, with the token for keys.
+/// Runs the browser with the token for keys.
 async fn play(p: Play<'static>) -> Vec<Tab> {
-    tokio::task::spawn_blocking(move || browser::play_with(&p, &["--token", TOKEN]))
-        .await
-        .expect("play")
+    browser::play_async(p, &["--token", TOKEN]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,7 +305,7 @@ async fn hls_js_plays_encrypted_ll_hls_through_two_https_relays() {
     let dir = TempDir::new("players-key-browser");
     // A new key every 3 segments: the players cross several rotations.
     let (origin, _ca) = encrypted_origin(&dir, 3);
-    let tree = Tree::start(&format!("http://{}", origin.addr));
+    let tree = Tree::start(&format!("http://{}", origin.addr), &[]);
     warm(origin.addr, 2).await;
     let before = key_requests(origin.addr).await;
 

@@ -180,3 +180,43 @@ pub async fn loopback_throughput(total: usize) -> std::io::Result<f64> {
         .map_err(std::io::Error::other)??;
     Ok(got as f64 / start.elapsed().as_secs_f64())
 }
+
+/// The connections a group of viewers use: over HTTP/2, one shared
+/// connection per `per_conn` viewers, opened as the viewers are started (as
+/// browsers share one connection per origin); over HTTP/1.1, none here (each
+/// viewer opens its own).
+pub struct SharedConns {
+    target: SocketAddr,
+    h2: bool,
+    per_conn: usize,
+    conns: Vec<Client>,
+}
+
+impl SharedConns {
+    /// For viewers of `target`.
+    pub fn new(target: SocketAddr, h2: bool, per_conn: usize) -> SharedConns {
+        SharedConns {
+            target,
+            h2,
+            per_conn: per_conn.max(1),
+            conns: Vec::new(),
+        }
+    }
+
+    /// The shared connection for the group's `i`-th viewer (opening it from
+    /// `src` if it is the first of its share), or `None` over HTTP/1.1.
+    pub async fn for_viewer(
+        &mut self,
+        i: usize,
+        src: Option<IpAddr>,
+    ) -> Result<Option<Client>, String> {
+        if !self.h2 {
+            return Ok(None);
+        }
+        let k = i / self.per_conn;
+        if k >= self.conns.len() {
+            self.conns.push(Client::open(self.target, src, true).await?);
+        }
+        Ok(self.conns[k].share())
+    }
+}

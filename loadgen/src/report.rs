@@ -171,6 +171,29 @@ pub fn rate(bytes_per_sec: f64) -> String {
     }
 }
 
+/// Event-loop lag: how late a 10 ms timer fires, recorded in microseconds
+/// until the returned task is aborted. A lagging loop means the figures
+/// measure the loadgen, not the relay, and the reports say so.
+pub fn lag_meter() -> (
+    std::sync::Arc<parking_lot::Mutex<Histogram<u64>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let lag = std::sync::Arc::new(parking_lot::Mutex::new(histogram()));
+    let task = tokio::spawn({
+        let lag = lag.clone();
+        async move {
+            let tick = std::time::Duration::from_millis(10);
+            loop {
+                let t = std::time::Instant::now();
+                tokio::time::sleep(tick).await;
+                let over = t.elapsed().saturating_sub(tick);
+                record(&mut lag.lock(), over.as_micros() as u64);
+            }
+        }
+    });
+    (lag, task)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -150,3 +150,10 @@ pub fn status_page(url: &str, polls: u32, screenshot: Option<&Path>) -> serde_js
     assert!(out.status.success(), "status.mjs failed: {:?}", out.status);
     serde_json::from_slice(&out.stdout).expect("status.mjs JSON")
 }
+
+/// [`play_with`] on a blocking thread, for async tests.
+pub async fn play_async(p: Play<'static>, extra: &'static [&'static str]) -> Vec<Tab> {
+    tokio::task::spawn_blocking(move || play_with(&p, extra))
+        .await
+        .expect("play")
+}

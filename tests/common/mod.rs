@@ -9,6 +9,8 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod ll;
+pub mod netns;
 pub mod nginx;
 
 use std::io::{BufRead, BufReader, Read};

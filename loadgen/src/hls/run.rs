@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::player::{player, Ctx, Kind, PlayerRecord};
 use super::playlist::{self, MediaPlaylist, Playlist};
 use super::{HlsGroupReport, HlsOpts, HlsReport};
-use crate::net::{self, Client};
+use crate::net;
 use crate::report::{self, Percentiles};
 use crate::sys::{self, CpuMeter};
 
@@ -156,19 +156,7 @@ pub async fn run(opts: HlsOpts, cancel: CancellationToken) -> anyhow::Result<Hls
         parse_cache: super::cache::ParseCache::new(if opts.parse_cache { 64 } else { 0 }),
     });
 
-    // Event-loop lag: how late a 10 ms timer fires.
-    let lag = Arc::new(Mutex::new(report::histogram()));
-    let lag_task = {
-        let lag = lag.clone();
-        tokio::spawn(async move {
-            loop {
-                let t = Instant::now();
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                let over = t.elapsed().saturating_sub(Duration::from_millis(10));
-                report::record(&mut lag.lock(), over.as_micros() as u64);
-            }
-        })
-    };
+    let (lag, lag_task) = report::lag_meter();
     let cpu = CpuMeter::start(None);
     let watched: Vec<Option<CpuMeter>> = opts
         .groups
@@ -179,22 +167,10 @@ pub async fn run(opts: HlsOpts, cancel: CancellationToken) -> anyhow::Result<Hls
     let mut tasks = JoinSet::new();
     let mut n = 0usize;
     for (g, group) in opts.groups.iter().enumerate() {
-        let mut h2_pool: Vec<Client> = Vec::new();
+        let mut conns = net::SharedConns::new(group.target, opts.h2, opts.per_h2_conn);
         for i in 0..group.players {
             let src = net::source(n, sources);
-            let shared = if opts.h2 {
-                let k = i / opts.per_h2_conn.max(1);
-                if k >= h2_pool.len() {
-                    h2_pool.push(
-                        Client::open(group.target, src, true)
-                            .await
-                            .map_err(anyhow::Error::msg)?,
-                    );
-                }
-                h2_pool[k].share()
-            } else {
-                None
-            };
+            let shared = conns.for_viewer(i, src).await.map_err(anyhow::Error::msg)?;
             let start_at = t0 + opts.ramp.mul_f64(i as f64 / group.players.max(1) as f64);
             let ctx = ctx.clone();
             tasks.spawn(async move { (g, player(ctx, g, start_at, shared, src).await) });

@@ -19,7 +19,7 @@ use mlcache::protocol::now_ns;
 
 use super::viewer::{viewer, Ctx, TIMELINE_SECONDS};
 use super::{GroupReport, LiveOpts, LiveReport, ProcSample, SecondStats};
-use crate::net::{self, Client};
+use crate::net;
 use crate::report::{self, rate, GroupRecord, Percentiles};
 use crate::sys::{self, CpuMeter};
 
@@ -144,19 +144,7 @@ pub async fn run(opts: LiveOpts, cancel: CancellationToken) -> anyhow::Result<Li
             }
         })
     };
-    // Event-loop lag: how late a 10 ms timer fires.
-    let lag = Arc::new(Mutex::new(report::histogram()));
-    let lag_task = {
-        let lag = lag.clone();
-        tokio::spawn(async move {
-            loop {
-                let t = Instant::now();
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                let over = t.elapsed().saturating_sub(Duration::from_millis(10));
-                report::record(&mut lag.lock(), over.as_micros() as u64);
-            }
-        })
-    };
+    let (lag, lag_task) = report::lag_meter();
     let cpu = CpuMeter::start(None);
     let watched: Vec<Option<CpuMeter>> = opts
         .groups
@@ -167,22 +155,10 @@ pub async fn run(opts: LiveOpts, cancel: CancellationToken) -> anyhow::Result<Li
     let mut tasks = JoinSet::new();
     let mut n = 0usize;
     for (g, group) in opts.groups.iter().enumerate() {
-        let mut h2_pool: Vec<Client> = Vec::new();
+        let mut conns = net::SharedConns::new(group.target, opts.h2, opts.per_h2_conn);
         for i in 0..group.viewers {
             let src = net::source(n, sources);
-            let shared = if opts.h2 {
-                let k = i / opts.per_h2_conn.max(1);
-                if k >= h2_pool.len() {
-                    h2_pool.push(
-                        Client::open(group.target, src, true)
-                            .await
-                            .map_err(anyhow::Error::msg)?,
-                    );
-                }
-                h2_pool[k].share()
-            } else {
-                None
-            };
+            let shared = conns.for_viewer(i, src).await.map_err(anyhow::Error::msg)?;
             let start_at = t0 + opts.ramp.mul_f64(i as f64 / group.viewers.max(1) as f64);
             tasks.spawn(viewer(ctx.clone(), g, start_at, shared, src));
             n += 1;
