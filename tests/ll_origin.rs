@@ -3,30 +3,19 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::ll::{get, playlist_when, warm};
 use common::{h1, TestProcess};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 
-/// How long a freshly spawned ffmpeg may take to produce its first segments.
-const WARM_UP: Duration = Duration::from_secs(30);
-
 /// `mlcache-origin` on an ephemeral port with `args`.
 fn origin(args: &[&str]) -> TestProcess {
     TestProcess::origin(args)
-}
-
-async fn get(addr: SocketAddr, path: &str) -> common::Got {
-    let req = Request::get(path)
-        .header("host", addr.to_string())
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    h1(addr, req).await.expect("request")
 }
 
 fn text(g: &common::Got) -> String {
@@ -49,19 +38,6 @@ fn hint(playlist: &str) -> (u64, usize) {
     let (m, rest) = uri.split_once('.').unwrap();
     let p = rest.split_once('.').unwrap().0;
     (m.parse().unwrap(), p.parse().unwrap())
-}
-
-/// Waits until the origin lists at least `segments` complete segments.
-async fn warm(addr: SocketAddr, segments: usize) -> String {
-    let deadline = Instant::now() + WARM_UP;
-    loop {
-        let g = get(addr, "/ll/media.m3u8").await;
-        if g.status == StatusCode::OK && text(&g).matches("#EXTINF").count() >= segments {
-            return text(&g);
-        }
-        assert!(Instant::now() < deadline, "no segments: {g:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Frames ffprobe decodes from `bytes`.
@@ -241,8 +217,11 @@ async fn ll_hls_unreachable_version_is_503_after_three_target_durations() {
     );
     let o = origin(&["--feed", file.to_str().unwrap()]);
     let addr = o.addr;
-    let p = warm(addr, 3).await;
+    // The feed is 3 s long: wait for the origin to see its end, not only
+    // for its third segment (the end list comes a moment later).
+    let p = playlist_when(addr, |p| p.contains("#EXT-X-ENDLIST")).await;
     let _ = std::fs::remove_file(&file);
+    assert_eq!(p.matches("#EXTINF").count(), 3, "{p}");
     assert!(p.ends_with("#EXT-X-ENDLIST\n"), "{p}");
     assert!(!p.contains("PRELOAD-HINT"));
 

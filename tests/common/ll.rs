@@ -26,15 +26,24 @@ pub async fn get(addr: SocketAddr, path: &str) -> Got {
 /// Waits until the head end at `addr` lists `segments` complete segments;
 /// returns that media playlist.
 pub async fn warm(addr: SocketAddr, segments: usize) -> String {
+    playlist_when(addr, |p| p.matches("#EXTINF").count() >= segments).await
+}
+
+/// Polls the media playlist at `addr` until `ready` holds for it; returns it.
+/// Panics after [`WARM_UP`].
+pub async fn playlist_when(addr: SocketAddr, ready: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + WARM_UP;
     loop {
         let g = get(addr, "/ll/media.m3u8").await;
         let text = String::from_utf8_lossy(g.bytes()).to_string();
-        if g.status == StatusCode::OK && text.matches("#EXTINF").count() >= segments {
+        if g.status == StatusCode::OK && ready(&text) {
             return text;
         }
-        assert!(Instant::now() < deadline, "origin never warmed up: {g:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            Instant::now() < deadline,
+            "origin never got there: {g:?}\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
