@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
 
+use super::h1::{self, Grace, H1Error, H1Limits};
 use super::handle;
 use super::listener::Shared;
 use super::stall::StallGuard;
@@ -149,15 +150,22 @@ async fn idle_at(
 }
 
 /// A viewer transport whose protocol may be peeked at before hyper reads it.
-pub(super) trait Sniff {
+pub(super) trait Sniff: Sized {
     /// The socket to peek at, for a clear connection; `None` for TLS,
     /// which hyper's auto builder serves.
     fn clear_socket(&self) -> Option<&TcpStream>;
+
+    /// The clear socket itself, for the relay's own HTTP/1.1 server.
+    fn into_clear(self) -> Result<StallGuard<TcpStream>, Self>;
 }
 
 impl Sniff for StallGuard<TcpStream> {
     fn clear_socket(&self) -> Option<&TcpStream> {
         Some(self.get_ref())
+    }
+
+    fn into_clear(self) -> Result<StallGuard<TcpStream>, Self> {
+        Ok(self)
     }
 }
 
@@ -165,10 +173,16 @@ impl Sniff for tokio_rustls::server::TlsStream<StallGuard<TcpStream>> {
     fn clear_socket(&self) -> Option<&TcpStream> {
         None
     }
+
+    fn into_clear(self) -> Result<StallGuard<TcpStream>, Self> {
+        Err(self)
+    }
 }
 
-/// One hyper connection, of whichever builder serves it. Boxed: the
-/// connection task then holds a pointer, not the largest of the three.
+/// One connection, of whichever server serves it: the relay's own
+/// HTTP/1.1 ([`h1`](super::h1), clear connections) or a hyper builder (h2,
+/// and TLS). Boxed: the connection task then holds a pointer, not the
+/// largest of them.
 enum Served<A, B, C> {
     H1(std::pin::Pin<Box<A>>),
     H2(std::pin::Pin<Box<B>>),
@@ -179,7 +193,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl<A, B, C> std::future::Future for Served<A, B, C>
 where
-    A: std::future::Future<Output = hyper::Result<()>>,
+    A: std::future::Future<Output = Result<(), H1Error>>,
     B: std::future::Future<Output = hyper::Result<()>>,
     C: std::future::Future<Output = Result<(), BoxError>>,
 {
@@ -200,9 +214,9 @@ where
 /// Starts a graceful shutdown of a [`Served`] connection (each hyper
 /// connection type has its own inherent method).
 macro_rules! graceful_shutdown {
-    ($conn:expr) => {
+    ($conn:expr, $grace:expr) => {
         match &mut $conn {
-            Served::H1(c) => c.as_mut().graceful_shutdown(),
+            Served::H1(_) => $grace.shutdown(),
             Served::H2(c) => c.as_mut().graceful_shutdown(),
             Served::Auto(c) => c.as_mut().graceful_shutdown(),
         }
@@ -223,29 +237,39 @@ async fn serve_io<I>(
     let (idle_timeout, send_timeout) = (relay.config.idle_timeout, relay.config.send_timeout);
     let watch = Arc::new(ConnWatch::new());
     let (id, member) = shared.join(&watch);
-    let svc = {
+    // Answers one request head; the watchdog counts it open from here
+    // until its response body is done.
+    let respond = {
         let (relay, watch) = (relay.clone(), watch.clone());
-        service_fn(move |req: Request<Incoming>| {
+        move |req: Request<()>| {
             let open = OpenRequest::new(&watch);
-            // The relay serves GET and HEAD and never reads a request body.
-            // Dropping it now, rather than when the response is done, means
-            // none is held while the request waits for its chunk: h2 then
-            // discards the stream's DATA and returns the connection window at
-            // once; h1 stops reading and closes after the response.
-            let (parts, body) = req.into_parts();
-            drop(body);
             let relay = relay.clone();
             async move {
-                let resp = handle(relay, Request::from_parts(parts, ()), local).await;
+                let resp = handle(relay, req, local).await;
                 let len = resp
                     .headers()
                     .get(http::header::CONTENT_LENGTH)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<u64>().ok());
-                Ok::<_, Infallible>(resp.map(|b| open.track(b, len)))
+                resp.map(|b| open.track(b, len))
             }
+        }
+    };
+    let svc = {
+        let respond = respond.clone();
+        service_fn(move |req: Request<Incoming>| {
+            // The relay serves GET and HEAD and never reads a request body.
+            // Dropping it now, rather than when the response is done, means
+            // none is held while the request waits for its chunk: h2 then
+            // discards the stream's DATA and returns the connection window at
+            // once.
+            let (parts, body) = req.into_parts();
+            drop(body);
+            let answer = respond(Request::from_parts(parts, ()));
+            async move { Ok::<_, Infallible>(answer.await) }
         })
     };
+    let grace = Grace::default();
     let first = tokio::time::Instant::now() + idle_timeout.min(send_timeout);
     let timer = tokio::time::sleep_until(first);
     tokio::pin!(timer);
@@ -280,11 +304,22 @@ async fn serve_io<I>(
             }
         }
     };
-    let io = TokioIo::new(io);
-    let mut conn = match h2 {
-        Some(false) => Served::H1(Box::pin(shared.http1.serve_connection(io, svc))),
-        Some(true) => Served::H2(Box::pin(shared.http2.serve_connection(io, svc))),
-        None => Served::Auto(Box::pin(shared.builder.serve_connection(io, svc))),
+    let limits = H1Limits {
+        max_head: relay.config.max_header_size.as_u64() as usize + 1024,
+    };
+    // A clear connection has been sniffed: h2 goes to hyper, HTTP/1.1 to
+    // the relay's own server. TLS goes to hyper's auto builder (ALPN).
+    let mut conn = match io.into_clear() {
+        Ok(tcp) if h2 == Some(true) => Served::H2(Box::pin(
+            shared.http2.serve_connection(TokioIo::new(tcp), svc),
+        )),
+        Ok(tcp) => {
+            let refuse = |e: super::RequestError| e.into_response(relay);
+            Served::H1(Box::pin(h1::serve(tcp, limits, &grace, respond, refuse)))
+        }
+        Err(tls) => Served::Auto(Box::pin(
+            shared.builder.serve_connection(TokioIo::new(tls), svc),
+        )),
     };
     let (mut draining, mut closing) = (false, false);
     loop {
@@ -297,12 +332,12 @@ async fn serve_io<I>(
             }
             _ = shared.drain.cancelled(), if !draining => {
                 draining = true;
-                graceful_shutdown!(conn);
+                graceful_shutdown!(conn, grace);
             }
             _ = shared.stop.cancelled() => break,
             _ = member.reclaim.cancelled(), if !closing => {
                 tracing::debug!(%peer, "closing idle connection: its place is needed");
-                graceful_shutdown!(conn);
+                graceful_shutdown!(conn, grace);
                 closing = true;
                 timer.as_mut().reset(tokio::time::Instant::now() + CLOSE_FLUSH);
             }
@@ -320,7 +355,7 @@ async fn serve_io<I>(
                     Verdict::Idle => {
                         relay.metrics.connection_closed("idle");
                         tracing::debug!(%peer, ?idle_timeout, "closing idle connection");
-                        graceful_shutdown!(conn);
+                        graceful_shutdown!(conn, grace);
                         closing = true;
                         timer.as_mut().reset(tokio::time::Instant::now() + CLOSE_FLUSH);
                     }

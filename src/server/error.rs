@@ -23,9 +23,13 @@ pub enum RequestError {
     /// Only GET and HEAD fetch chunks.
     #[error("method {0} not allowed: the relay serves GET and HEAD")]
     Method(Method),
-    /// The request head exceeds `max-header-size`.
+    /// The request head exceeds `max-header-size` (or has more fields than
+    /// the HTTP/1.1 reader takes).
     #[error("request header of {0} bytes exceeds max-header-size")]
     HeaderTooLarge(usize),
+    /// An HTTP/1.1 request head that does not parse.
+    #[error("malformed request head: {0}")]
+    BadHead(&'static str),
     /// This relay already appears in Via.
     #[error("loop detected: relay {0} is already in Via")]
     Loop(String),
@@ -57,7 +61,7 @@ impl RequestError {
             RequestError::HeaderTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             RequestError::Loop(_) => StatusCode::LOOP_DETECTED,
             RequestError::Key(KeyError::NotAllowed(_)) => StatusCode::FORBIDDEN,
-            RequestError::Key(_) => StatusCode::BAD_REQUEST,
+            RequestError::Key(_) | RequestError::BadHead(_) => StatusCode::BAD_REQUEST,
             RequestError::Refused(_)
             | RequestError::TooManyConnections
             | RequestError::Upstream(SlotError::Memory(_)) => StatusCode::SERVICE_UNAVAILABLE,
@@ -133,6 +137,7 @@ mod tests {
         );
         assert_eq!(RequestError::Key(KeyError::NoAuthority).status(), 400);
         assert_eq!(RequestError::Loop("a".into()).status(), 508);
+        assert_eq!(RequestError::BadHead("x").status(), 400);
         assert_eq!(RequestError::HeaderTooLarge(1).status(), 431);
         assert_eq!(RequestError::Refused(Refused::Memory).status(), 503);
         assert_eq!(RequestError::Timeout(Duration::ZERO).status(), 504);

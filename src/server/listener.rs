@@ -121,9 +121,6 @@ pub(super) struct Shared {
     pub(super) relay: Arc<Relay>,
     /// For TLS connections: HTTP/1.1 or h2, whichever the client speaks.
     pub(super) builder: auto::Builder<TokioExecutor>,
-    /// For clear connections found to speak HTTP/1.1 ([`conn`](super::conn)
-    /// peeks at their first bytes).
-    pub(super) http1: hyper::server::conn::http1::Builder,
     /// For clear connections found to speak h2 (prior knowledge).
     pub(super) http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     /// Fired after `drain-delay`: connections finish what they serve.
@@ -188,13 +185,13 @@ impl Shared {
 }
 
 /// The hyper builders: one settings function per protocol, applied to the
-/// auto builder (TLS) and to the single-protocol ones (clear), so both
-/// paths serve alike.
+/// auto builder (TLS) and to the h2 one (clear h2), so both paths serve
+/// alike. Clear HTTP/1.1 is the relay's own ([`h1`](super::h1)), with the
+/// same head limit.
 fn builders(
     relay: &Relay,
 ) -> (
     auto::Builder<TokioExecutor>,
-    hyper::server::conn::http1::Builder,
     hyper::server::conn::http2::Builder<TokioExecutor>,
 ) {
     let c = &relay.config;
@@ -222,11 +219,9 @@ fn builders(
     let mut auto = auto::Builder::new(TokioExecutor::new());
     http1!(auto.http1());
     http2!(auto.http2());
-    let mut h1 = hyper::server::conn::http1::Builder::new();
-    http1!(h1);
     let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     http2!(h2);
-    (auto, h1, h2)
+    (auto, h2)
 }
 
 /// Accepts viewers until `shutdown` fires; then reports draining, keeps
@@ -246,10 +241,9 @@ pub async fn serve_with_tls(
     shutdown: CancellationToken,
 ) {
     let max = relay.config.max_connections.min(u32::MAX as usize);
-    let (builder, http1, http2) = builders(&relay);
+    let (builder, http2) = builders(&relay);
     let shared = Arc::new(Shared {
         builder,
-        http1,
         http2,
         relay: relay.clone(),
         drain: CancellationToken::new(),

@@ -60,6 +60,7 @@ mod admin;
 mod conn;
 mod cors;
 mod error;
+mod h1;
 mod handler;
 mod listener;
 mod range;
