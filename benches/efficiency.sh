@@ -19,7 +19,8 @@
 # 65,536), and prints CPU s/GB for both and their ratio.
 #
 # PIN=0 turns pinning off (default: relay and nginx on CPU 1, origin and
-# clients on CPU 0); BUILD=0 skips `cargo build --release`. Installs nginx
+# clients on CPU 0); BUILD=0 skips `cargo build --release`; RELAY_BIN runs
+# another relay binary (a before/after comparison). Installs nginx
 # and h2load (nghttp2-client) when missing. Loopback only, bounded in time,
 # every process started here is stopped at exit.
 set -euo pipefail
@@ -48,7 +49,7 @@ HZ=$(getconf CLK_TCK)
     >"$WORK/origin.out" 2>"$WORK/origin.err" &
 PIDS+=($!)
 O=$(addr origin listening)
-"${PIN_CACHE[@]}" $BIN/mlcache-relay --listen 127.0.0.1:0 --admin 127.0.0.1:0 \
+"${PIN_CACHE[@]}" "${RELAY_BIN:-$BIN/mlcache-relay}" --listen 127.0.0.1:0 --admin 127.0.0.1:0 \
     --allow-origin "http://$O" >"$WORK/relay.out" 2>"$WORK/relay.err" &
 RELAY_PID=$!
 PIDS+=($RELAY_PID)

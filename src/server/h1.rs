@@ -42,7 +42,9 @@ use super::RequestError;
 /// Most header fields a request head may have (hyper's limit too).
 const MAX_HEADERS: usize = 100;
 /// The read buffer grows by this much at a time (most heads fit in one).
-const READ_CHUNK: usize = 2048;
+const READ_CHUNK: usize = 1024;
+/// Most pieces one write takes: head, chunk size line, data, chunk end.
+const MAX_PARTS: usize = 4;
 /// A request body up to this long is read and dropped, keeping the
 /// connection; a longer or chunked one closes it after the response.
 const DISCARD_BODY: u64 = 64 * 1024;
@@ -117,7 +119,8 @@ struct Head {
     req: Request<()>,
     /// Bytes of request body that follow the head (`Content-Length`).
     body_len: u64,
-    /// The body is chunked: its length is unknown.
+    /// The body's end cannot be found without reading it (chunked coding,
+    /// or a body that waits for a 100 (Continue)).
     chunked_body: bool,
     /// The client asked for (or its version implies) a close after this.
     close: bool,
@@ -259,7 +262,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, H1Error> {
     };
     let mut headers = HeaderMap::with_capacity(parsed.headers.len());
     let (mut body_len, mut chunked_body, mut te) = (None::<u64>, false, false);
-    let (mut close, mut keep_alive) = (false, false);
+    let (mut close, mut keep_alive, mut expect_continue) = (false, false, false);
     for f in parsed.headers.iter() {
         let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| bad("field name"))?;
         // An owned copy (unlike hyper's slices of the read buffer), so
@@ -278,6 +281,11 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, H1Error> {
         } else if name == http::header::TRANSFER_ENCODING {
             te = true;
             chunked_body = true;
+        } else if name == http::header::EXPECT {
+            // No 100 (Continue) is ever sent, so the client may or may not
+            // send its body after the answer: the connection cannot be
+            // reused without guessing where the next request starts.
+            expect_continue = true;
         } else if name == http::header::CONNECTION {
             for token in f.value.split(|&b| b == b',') {
                 let token = token.trim_ascii();
@@ -292,6 +300,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, H1Error> {
     }
     // With Transfer-Encoding, Content-Length is ignored (RFC 9112 §6.3).
     let body_len = if te { 0 } else { body_len.unwrap_or(0) };
+    let chunked_body = chunked_body || (expect_continue && body_len > 0);
     if version == Version::HTTP_10 && !keep_alive {
         close = true;
     }
@@ -526,22 +535,31 @@ fn http_date() -> std::rc::Rc<str> {
     })
 }
 
-/// Writes all of `parts` with as few `writev` calls as the socket allows.
+/// Writes all of `parts` (at most [`MAX_PARTS`]) with as few `writev`
+/// calls as the socket allows; nothing is copied or allocated.
 async fn write_all(io: &mut StallGuard<TcpStream>, parts: &[&[u8]]) -> io::Result<()> {
-    let mut parts: Vec<&[u8]> = parts.iter().copied().filter(|p| !p.is_empty()).collect();
+    let mut left: [&[u8]; MAX_PARTS] = [&[]; MAX_PARTS];
+    let mut n_parts = 0;
+    for p in parts.iter().filter(|p| !p.is_empty()) {
+        left[n_parts] = p;
+        n_parts += 1;
+    }
     let mut first = 0;
-    while first < parts.len() {
-        let slices: Vec<IoSlice<'_>> = parts[first..].iter().map(|p| IoSlice::new(p)).collect();
-        let mut n = io.write_vectored(&slices).await?;
+    while first < n_parts {
+        let mut slices = [IoSlice::new(&[]); MAX_PARTS];
+        for (s, p) in slices.iter_mut().zip(&left[first..n_parts]) {
+            *s = IoSlice::new(p);
+        }
+        let mut n = io.write_vectored(&slices[..n_parts - first]).await?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
-        while first < parts.len() && n >= parts[first].len() {
-            n -= parts[first].len();
+        while first < n_parts && n >= left[first].len() {
+            n -= left[first].len();
             first += 1;
         }
         if n > 0 {
-            parts[first] = &parts[first][n..];
+            left[first] = &left[first][n..];
         }
     }
     Ok(())
@@ -656,5 +674,11 @@ mod tests {
             .unwrap()
             .0;
         assert_eq!(h.body_len, 7);
+        assert!(!h.chunked_body);
+        let h = parse("GET / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 7\r\n\r\n")
+            .unwrap()
+            .unwrap()
+            .0;
+        assert!(h.chunked_body, "a body behind Expect cannot be skipped");
     }
 }
