@@ -4,10 +4,15 @@
 //! - `listener.rs`: the accept loop ([`serve`], [`serve_with_tls`]) over the
 //!   clear and the TLS listener, `max-connections` (reclaim an idle
 //!   connection, or refuse with a bare 503), accept back-off
-//!   ([`AcceptBackoff`]), the hyper builder, the drain.
+//!   ([`AcceptBackoff`]), the hyper builders, the drain.
 //! - `conn.rs`: one connection's task (the TLS handshake first, bounded by
-//!   `tls-handshake-timeout`, on the TLS listener), racing hyper against the
-//!   drain, a reclaim and its watchdog.
+//!   `tls-handshake-timeout`, on the TLS listener), racing its server
+//!   against the drain, a reclaim and its watchdog. A clear connection is
+//!   sniffed: h2 prior knowledge goes to hyper, HTTP/1.1 to `h1.rs`; TLS
+//!   goes to hyper's auto builder (ALPN).
+//! - `h1.rs`: the relay's own HTTP/1.1 server for clear connections
+//!   (`httparse` for heads), which holds no buffer while a viewer is parked
+//!   (hyper's fixed 8 KiB buffers were most of an idle viewer: issue 10).
 //! - `tls.rs`: [`TlsCerts`], the server certificate, reloaded on SIGHUP, and
 //!   the rustls configuration (ALPN `h2`, `http/1.1`).
 //! - `cors.rs`: [`Cors`], preflight answers and the CORS headers added to
@@ -26,22 +31,26 @@
 //! → `Relay::join` → a cached body, or a slot viewer streamed out as the
 //! response body. Every refusal is a [`RequestError`], and
 //! [`RequestError::status`] is the one place that maps errors to HTTP
-//! statuses. A body that fails mid-way is returned to hyper as a body error,
-//! which resets the HTTP/2 stream or closes the HTTP/1.1 connection before
-//! the declared end, so a truncated chunk never looks whole.
+//! statuses (malformed HTTP/1.1 heads included). A body that fails mid-way
+//! is returned to the server as a body error, which resets the HTTP/2
+//! stream or closes the HTTP/1.1 connection before the declared end (short
+//! of its `Content-Length`, or without the last chunk), so a truncated
+//! chunk never looks whole.
 //!
 //! How a connection lives:
 //!
 //! - **Accept.** Over `max-connections` it first displaces the longest-idle
 //!   open connection, if any; otherwise it is answered within a fraction of
-//!   a second with a bare 503 and closed; it never gets a hyper connection.
+//!   a second with a bare 503 and closed; it never gets an HTTP server.
 //!   Accept errors (EMFILE and the like) back off instead of spinning
 //!   ([`AcceptBackoff`]).
 //! - **Requests.** A request's body is dropped unread: the relay serves GET
 //!   and HEAD only, and a dropped h2 `RecvStream` discards what arrives and
 //!   gives the connection window back at once, so nobody can park request
 //!   bytes in the relay. The h2 receive windows are small for the same reason.
-//! - **Watchdog.** Each connection task watches two things besides hyper:
+//!   On HTTP/1.1 a body of known length up to 64 KiB is skipped after the
+//!   response; any other body closes the connection after the response.
+//! - **Watchdog.** Each connection task watches two things besides its server:
 //!   how long it has had no unfinished request
 //!   (`idle-timeout`: silent sockets, a partial or bare h2 preface, idle
 //!   keep-alive), and how long any of its response bodies has had data
