@@ -29,6 +29,7 @@ pub mod ratelog;
 pub mod relay;
 pub mod server;
 pub mod slot;
+pub mod spool;
 pub mod status;
 pub mod tls;
 pub mod upstream;

@@ -55,6 +55,8 @@ pub struct Metrics {
     pub bytes_in: Counter,
     /// Body bytes handed to viewers.
     pub bytes_out: Counter,
+    /// Of those, bytes sent from a memory file with `sendfile` (`spool`).
+    pub sendfile_bytes: Counter,
     /// Slots currently open.
     pub open_slots: Gauge,
     /// Viewers currently attached to a slot.
@@ -110,6 +112,7 @@ impl Metrics {
             rejected,
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
+            sendfile_bytes: Counter::default(),
             open_slots: Gauge::default(),
             parked_viewers: Gauge::default(),
             connections: Gauge::default(),
@@ -154,6 +157,11 @@ impl Metrics {
             "bytes_out",
             "Body bytes sent to viewers",
             m.bytes_out.clone(),
+        );
+        registry.register(
+            "sendfile_bytes",
+            "Body bytes sent to HTTP/1.1 viewers with sendfile from a memory file",
+            m.sendfile_bytes.clone(),
         );
         registry.register(
             "open_slots",

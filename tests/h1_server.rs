@@ -305,3 +305,38 @@ async fn bad_heads_are_refused_counted_and_closed() {
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_bodies_go_out_with_sendfile_and_arrive_exact() {
+    let origin = manual_origin().await;
+    let o = origin.addr;
+    for zero_copy in [true, false] {
+        let mut cfg = relay_config(&origin.url());
+        cfg.zero_copy = zero_copy;
+        let r = relay(cfg).await;
+        let admin = r.admin.unwrap();
+        let sent = || metric(admin, "mlcache_sendfile_bytes_total");
+        let mut s = TcpStream::connect(r.addr).await.unwrap();
+        let mut buf = Vec::new();
+        // A miss (streamed from the fill), a hit (from the cache), a range.
+        s.write_all(get(o, "/vod/13", "").as_bytes()).await.unwrap();
+        assert_eq!(read_response(&mut s, &mut buf, false).await.body, vod(13));
+        let after_miss = sent().await;
+        s.write_all(get(o, "/vod/13", "").as_bytes()).await.unwrap();
+        assert_eq!(read_response(&mut s, &mut buf, false).await.body, vod(13));
+        let after_hit = sent().await;
+        let range = get(o, "/vod/13", "Range: bytes=100-40099\r\n");
+        s.write_all(range.as_bytes()).await.unwrap();
+        let part = read_response(&mut s, &mut buf, false).await;
+        assert_eq!(part.status_line, "HTTP/1.1 206 Partial Content");
+        assert_eq!(part.body, vod(13)[100..40100]);
+        let after_range = sent().await;
+        if zero_copy {
+            assert!(after_miss > 0.0, "the miss was all copied");
+            assert_eq!(after_hit - after_miss, 65536.0);
+            assert_eq!(after_range - after_hit, 40000.0);
+        } else {
+            assert_eq!(after_range, 0.0);
+        }
+    }
+}

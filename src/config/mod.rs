@@ -161,6 +161,13 @@ pub struct Config {
     #[arg(long, env = "MLCACHE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration, help_heading = DRAIN)]
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Zero-copy sending: bodies of known length (16 KiB to 64 MiB) are held
+    /// in memory files and sent to HTTP/1.1 viewers with sendfile. The flag
+    /// turns it off, as do `zero-copy = false` in TOML and
+    /// MLCACHE_ZERO_COPY=false.
+    #[arg(long = "no-zero-copy", env = "MLCACHE_ZERO_COPY", action = clap::ArgAction::SetFalse, help_heading = CACHE)]
+    #[serde(rename = "zero-copy")]
+    pub zero_copy: bool,
     /// Prefetch: start the long-poll for the chunk named by Link rel=next
     /// ahead of viewers. The flag turns it off, as do `prefetch = false` in
     /// TOML and MLCACHE_PREFETCH=false.

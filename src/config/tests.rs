@@ -64,6 +64,7 @@ fn flags() -> Vec<String> {
 fn key_of(flag: &str) -> &str {
     match flag {
         "no-prefetch" => "prefetch",
+        "no-zero-copy" => "zero-copy",
         f => f,
     }
 }

@@ -192,6 +192,11 @@ impl Relay {
         let mut body = resp.into_body();
         let mut received = 0u64;
         let mut batch = Vec::new();
+        // A body of known length goes into a memory file, so HTTP/1.1
+        // viewers can be sent it without a copy each (`spool`).
+        let mut spool = len
+            .filter(|_| cfg.zero_copy && status.is_success())
+            .and_then(crate::spool::Spool::new);
         let mut ended = false;
         let mut last_push: Option<Instant> = None;
         while !ended {
@@ -226,6 +231,10 @@ impl Relay {
                 }
             }
             self.metrics.bytes_in.inc_by(received - before);
+            if let Some(piece) = spool.as_mut().and_then(|s| s.append(&batch)) {
+                batch.clear();
+                batch.push(piece);
+            }
             self.push(fill, &mut batch)?;
             last_push = Some(Instant::now());
             self.metrics

@@ -308,6 +308,7 @@ async fn serve_io<I>(
     };
     let limits = H1Limits {
         max_head: relay.config.max_header_size.as_u64() as usize + 1024,
+        sendfile_bytes: relay.metrics.sendfile_bytes.clone(),
     };
     // A clear connection has been sniffed: h2 goes to hyper, HTTP/1.1 to
     // the relay's own server. TLS goes to hyper's auto builder (ALPN).

@@ -21,7 +21,7 @@ use crate::slot::SlotError;
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
     /// Only GET and HEAD fetch chunks.
-    #[error("method {0} not allowed: the relay serves GET and HEAD")]
+    #[error("method {} not allowed: the relay serves GET and HEAD", quoted(.0.as_str()))]
     Method(Method),
     /// The request head exceeds `max-header-size` (or has more fields than
     /// the HTTP/1.1 reader takes).
@@ -51,6 +51,14 @@ pub enum RequestError {
     /// A `Range` outside the object.
     #[error("range not satisfiable for {0}-byte object")]
     Range(u64),
+}
+
+/// A request's token for an error text: at most 32 characters of it.
+fn quoted(s: &str) -> String {
+    match s.char_indices().nth(32) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
+    }
 }
 
 impl RequestError {
@@ -138,6 +146,8 @@ mod tests {
         assert_eq!(RequestError::Key(KeyError::NoAuthority).status(), 400);
         assert_eq!(RequestError::Loop("a".into()).status(), 508);
         assert_eq!(RequestError::BadHead("x").status(), 400);
+        let long = Method::from_bytes(&[b'X'; 20_000]).unwrap();
+        assert!(RequestError::Method(long).to_string().len() < 100);
         assert_eq!(RequestError::HeaderTooLarge(1).status(), 431);
         assert_eq!(RequestError::Refused(Refused::Memory).status(), 503);
         assert_eq!(RequestError::Timeout(Duration::ZERO).status(), 504);

@@ -29,6 +29,7 @@ use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
@@ -45,6 +46,8 @@ const MAX_HEADERS: usize = 100;
 const READ_CHUNK: usize = 1024;
 /// Most pieces one write takes: head, chunk size line, data, chunk end.
 const MAX_PARTS: usize = 4;
+/// Smallest body piece sent with `sendfile` when it lives in a spool.
+const SENDFILE_MIN: usize = 4096;
 /// A request body up to this long is read and dropped, keeping the
 /// connection; a longer or chunked one closes it after the response.
 const DISCARD_BODY: u64 = 64 * 1024;
@@ -54,12 +57,14 @@ const LINGER: Duration = Duration::from_secs(1);
 /// How much a lingering close reads at most.
 const LINGER_BYTES: usize = 256 * 1024;
 
-/// Limits of the HTTP/1.1 reader.
-#[derive(Clone, Copy, Debug)]
+/// Settings of the HTTP/1.1 server.
+#[derive(Clone, Debug)]
 pub(super) struct H1Limits {
     /// Longest request head (request line and fields) in bytes; a longer
     /// one is answered 431.
     pub max_head: usize,
+    /// Counts body bytes sent with `sendfile` from a spool.
+    pub sendfile_bytes: prometheus_client::metrics::counter::Counter,
 }
 
 /// Asks an [`serve`] connection to close once its current response is done
@@ -145,13 +150,13 @@ where
     // Bytes read but not yet used: the start of the next request head.
     let mut buf: Vec<u8> = Vec::new();
     loop {
-        let head = match read_head(&mut io, &mut buf, limits, grace).await {
+        let head = match read_head(&mut io, &mut buf, &limits, grace).await {
             Ok(Some(head)) => head,
             Ok(None) => return Ok(()),
             Err(H1Error::BadRequest(e)) => {
                 let resp = refuse(e);
                 let status = resp.status();
-                let _ = write_response(&mut io, resp, Version::HTTP_11, false, true).await;
+                let _ = write_response(&mut io, resp, Version::HTTP_11, false, true, None).await;
                 linger(&mut io).await;
                 return Err(H1Error::Refused(status));
             }
@@ -179,7 +184,7 @@ where
         };
         let body_unread = chunked_body || body_len > buf.len() as u64 + DISCARD_BODY;
         close |= body_unread || grace.asked();
-        let close = write_response(&mut io, resp, version, head_only, close).await?;
+        let close = write_response(&mut io, resp, version, head_only, close, Some(&limits)).await?;
         if close {
             if body_unread {
                 linger(&mut io).await;
@@ -200,7 +205,7 @@ where
 async fn read_head(
     io: &mut StallGuard<TcpStream>,
     buf: &mut Vec<u8>,
-    limits: H1Limits,
+    limits: &H1Limits,
     grace: &Grace,
 ) -> Result<Option<Head>, H1Error> {
     loop {
@@ -216,7 +221,9 @@ async fn read_head(
         if buf.is_empty() && grace.asked() {
             return Ok(None);
         }
-        buf.reserve(READ_CHUNK.min(limits.max_head + 1 - buf.len()).max(1));
+        // Exact growth: a doubling `Vec` would let a partial head hold
+        // twice the limit.
+        buf.reserve_exact(READ_CHUNK.min(limits.max_head + 1 - buf.len()).max(1));
         let n = if buf.is_empty() {
             tokio::select! {
                 r = io.read_buf(buf) => r?,
@@ -263,6 +270,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, H1Error> {
     let mut headers = HeaderMap::with_capacity(parsed.headers.len());
     let (mut body_len, mut chunked_body, mut te) = (None::<u64>, false, false);
     let (mut close, mut keep_alive, mut expect_continue) = (false, false, false);
+    let mut hosts = 0;
     for f in parsed.headers.iter() {
         let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| bad("field name"))?;
         // An owned copy (unlike hyper's slices of the read buffer), so
@@ -281,6 +289,8 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, H1Error> {
         } else if name == http::header::TRANSFER_ENCODING {
             te = true;
             chunked_body = true;
+        } else if name == http::header::HOST {
+            hosts += 1;
         } else if name == http::header::EXPECT {
             // No 100 (Continue) is ever sent, so the client may or may not
             // send its body after the answer: the connection cannot be
@@ -294,6 +304,11 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, H1Error> {
             }
         }
         headers.append(name, value);
+    }
+    // RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host, and no
+    // request has two.
+    if hosts > 1 || (hosts == 0 && version == Version::HTTP_11) {
+        return Err(bad("host"));
     }
     if te && version == Version::HTTP_10 {
         return Err(bad("transfer-encoding in HTTP/1.0"));
@@ -349,13 +364,15 @@ fn is_framing(name: &HeaderName) -> bool {
 }
 
 /// Writes `resp` (head, then body as it comes). Returns whether the
-/// connection must close after it.
+/// connection must close after it. With `zero_copy`, body pieces that live
+/// in a spool are sent with `sendfile`.
 async fn write_response<B: ResponseBody>(
     io: &mut StallGuard<TcpStream>,
     resp: Response<B>,
     version: Version,
     head_only: bool,
     mut close: bool,
+    zero_copy: Option<&H1Limits>,
 ) -> Result<bool, H1Error> {
     let (parts, mut body) = resp.into_parts();
     let status = parts.status;
@@ -470,7 +487,14 @@ async fn write_response<B: ResponseBody>(
                 // Never more than the length promised: the rest would be
                 // read as the next response.
                 let n = (data.len() as u64).min(*left) as usize;
-                write_all(io, &[&head, &data[..n]]).await?;
+                let data = data.slice(..n);
+                match zero_copy.filter(|_| n >= SENDFILE_MIN) {
+                    Some(z) if crate::spool::find(&data).is_some() => {
+                        send_file(io, &head, &data).await?;
+                        z.sendfile_bytes.inc_by(n as u64);
+                    }
+                    _ => write_all(io, &[&head, &data]).await?,
+                }
                 *left -= n as u64;
             }
             (_, None) => write_all(io, &[&head, &data]).await?,
@@ -565,6 +589,67 @@ async fn write_all(io: &mut StallGuard<TcpStream>, parts: &[&[u8]]) -> io::Resul
     Ok(())
 }
 
+/// Sends `head` (if any), then `piece`, which lives in a spool, with
+/// `sendfile` from the spool's memory file: the socket references the
+/// file's pages instead of copying the bytes. `piece` is held (and with it
+/// the file) until the send is done.
+async fn send_file(io: &mut StallGuard<TcpStream>, head: &[u8], piece: &Bytes) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use tokio::io::Interest;
+    let Some((file, start)) = crate::spool::find(piece) else {
+        return write_all(io, &[head, piece]).await;
+    };
+    let tcp = io.get_ref();
+    let sock = tcp.as_raw_fd();
+    // The head goes with MSG_MORE, so it leaves in one segment with the
+    // start of the body rather than on its own.
+    let mut head = head;
+    while !head.is_empty() {
+        tcp.writable().await?;
+        match tcp.try_io(Interest::WRITABLE, || {
+            // SAFETY: a plain send of a live buffer on a socket we own.
+            let n = unsafe {
+                libc::send(
+                    sock,
+                    head.as_ptr().cast(),
+                    head.len(),
+                    libc::MSG_MORE | libc::MSG_NOSIGNAL,
+                )
+            };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        }) {
+            Ok(n) => head = &head[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    let mut offset = start as libc::off_t;
+    let end = offset + piece.len() as libc::off_t;
+    while offset < end {
+        tcp.writable().await?;
+        match tcp.try_io(Interest::WRITABLE, || {
+            // SAFETY: `file` is the spool's descriptor, kept open by
+            // `piece`; the range lies within the file.
+            let n = unsafe { libc::sendfile(sock, file, &mut offset, (end - offset) as usize) };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        }) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Reads and drops a request body of `len` bytes (some may be in `buf`).
 async fn discard_body(
     io: &mut StallGuard<TcpStream>,
@@ -625,13 +710,18 @@ mod tests {
 
     #[test]
     fn partial_and_malformed_heads() {
-        assert!(parse("GET / HTTP/1.1\r\nHost:").unwrap().is_none());
+        assert!(parse("GET / HTTP/1.1\r\nHost: x\r\nHost:")
+            .unwrap()
+            .is_none());
         for bad in [
-            "GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
-            "GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-            "GET / HTTP/1.1\r\nContent-Length: +1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\n",
             "GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
-            "GET /\x7f HTTP/1.1\r\n\r\n",
+            "GET /\x7f HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n",
             "G(T / HTTP/1.1\r\n\r\n",
         ] {
             match parse(bad) {
@@ -640,7 +730,7 @@ mod tests {
             }
         }
         let many = format!(
-            "GET / HTTP/1.1\r\n{}\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\n{}\r\n",
             "a: b\r\n".repeat(MAX_HEADERS + 1)
         );
         assert!(matches!(
@@ -658,27 +748,30 @@ mod tests {
             .unwrap()
             .0;
         assert!(!h.close);
-        let h = parse("GET / HTTP/1.1\r\nConnection: foo, close\r\n\r\n")
+        let h = parse("GET / HTTP/1.1\r\nHost: x\r\nConnection: foo, close\r\n\r\n")
             .unwrap()
             .unwrap()
             .0;
         assert!(h.close);
-        let h = parse("GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n")
-            .unwrap()
-            .unwrap()
-            .0;
+        let h = parse(
+            "GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap()
+        .0;
         assert!(h.chunked_body);
         assert_eq!(h.body_len, 0, "TE wins over CL");
-        let h = parse("GET / HTTP/1.1\r\nContent-Length: 7\r\n\r\n")
+        let h = parse("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\n\r\n")
             .unwrap()
             .unwrap()
             .0;
         assert_eq!(h.body_len, 7);
         assert!(!h.chunked_body);
-        let h = parse("GET / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 7\r\n\r\n")
-            .unwrap()
-            .unwrap()
-            .0;
+        let h =
+            parse("GET / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 7\r\n\r\n")
+                .unwrap()
+                .unwrap()
+                .0;
         assert!(h.chunked_body, "a body behind Expect cannot be skipped");
     }
 }

@@ -123,6 +123,12 @@ pub(crate) fn local_response(
         http::header::CACHE_CONTROL,
         HeaderValue::from_static("no-store"),
     );
+    // Error texts may quote the request (a method, a name): never let a
+    // browser take them for anything but text.
+    h.insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(X_CACHE, CacheStatus::Miss.header_value());
     resp
 }

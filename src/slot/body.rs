@@ -134,12 +134,13 @@ impl Body {
 
 /// Merges runs of short pieces into fresh, exactly sized buffers. Copying
 /// them also stops a tiny slice from pinning the large read buffer it came
-/// from.
+/// from. A piece in a spool is kept as it is: it pins only its own body's
+/// memory file, and a copy would lose the zero-copy send.
 fn merge_small(pieces: impl IntoIterator<Item = Bytes>) -> Vec<Bytes> {
     let mut out = Vec::new();
     let mut run: Option<BytesMut> = None;
     for p in pieces.into_iter().filter(|p| !p.is_empty()) {
-        if p.len() >= MERGE_BELOW {
+        if p.len() >= MERGE_BELOW || crate::spool::find(&p).is_some() {
             if let Some(r) = run.take() {
                 out.push(r.freeze());
             }
