@@ -306,8 +306,10 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, H1Error> {
         headers.append(name, value);
     }
     // RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host, and no
-    // request has two.
-    if hosts > 1 || (hosts == 0 && version == Version::HTTP_11) {
+    // request has two. An absolute-form target carries its authority
+    // (§3.2.2 says to use it over Host), so a forward-proxy request without
+    // Host is still served, as hyper did.
+    if hosts > 1 || (hosts == 0 && version == Version::HTTP_11 && uri.authority().is_none()) {
         return Err(bad("host"));
     }
     if te && version == Version::HTTP_10 {
@@ -722,6 +724,7 @@ mod tests {
             "GET / HTTP/1.1\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
             "GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n",
+            "GET http://a/ HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
             "G(T / HTTP/1.1\r\n\r\n",
         ] {
             match parse(bad) {
@@ -737,6 +740,15 @@ mod tests {
             parse(&many),
             Err(H1Error::BadRequest(RequestError::HeaderTooLarge(_)))
         ));
+    }
+
+    #[test]
+    fn an_absolute_target_needs_no_host() {
+        let h = parse("GET http://a:1/x HTTP/1.1\r\n\r\n")
+            .unwrap()
+            .unwrap()
+            .0;
+        assert_eq!(h.req.uri().authority().unwrap().as_str(), "a:1");
     }
 
     #[test]
