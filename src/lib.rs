@@ -384,6 +384,17 @@ async fn run_inner(config: Config, cli: Option<Cli>) -> Result<(), StartError> {
             "the open-file limit is below --max-connections: connections beyond it will fail to be accepted"
         );
     }
+    // Memory files for zero-copy sends take descriptors too: only what the
+    // viewers leave over.
+    let spools = spool::limit_for(soft, config.max_connections);
+    spool::set_limit(spools);
+    if config.zero_copy {
+        tracing::info!(
+            spools,
+            fd_limit = soft,
+            "zero-copy: at most this many bodies in memory files"
+        );
+    }
     let mut signals = Signals::install().map_err(StartError::Signal)?;
     let inherited = inherit::Inherited::take(config.listen_tls.is_some(), config.admin.is_some())
         .map_err(StartError::Inherit)?;

@@ -57,6 +57,8 @@ pub struct Metrics {
     pub bytes_out: Counter,
     /// Of those, bytes sent from a memory file with `sendfile` (`spool`).
     pub sendfile_bytes: Counter,
+    /// Memory files holding bodies (`spool`), as of the last fill start.
+    pub spools: Gauge,
     /// Slots currently open.
     pub open_slots: Gauge,
     /// Viewers currently attached to a slot.
@@ -113,6 +115,7 @@ impl Metrics {
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
             sendfile_bytes: Counter::default(),
+            spools: Gauge::default(),
             open_slots: Gauge::default(),
             parked_viewers: Gauge::default(),
             connections: Gauge::default(),
@@ -162,6 +165,11 @@ impl Metrics {
             "sendfile_bytes",
             "Body bytes sent to HTTP/1.1 viewers with sendfile from a memory file",
             m.sendfile_bytes.clone(),
+        );
+        registry.register(
+            "spools",
+            "Bodies held in memory files for sendfile (each holds a file descriptor)",
+            m.spools.clone(),
         );
         registry.register(
             "open_slots",

@@ -16,10 +16,15 @@
 //! descriptor) alive until the send is done.
 //!
 //! Spools cost a file descriptor each for as long as their chunk is held
-//! (in flight or in the cache), so at most [`MAX_SPOOLS`] exist at once;
-//! past that, or when `memfd_create` or `mmap` fails, the fill keeps its
-//! bytes on the heap as before. The bytes are the same bytes the budget is
-//! charged for (the upstream buffers they were copied from are released).
+//! (in flight or in the cache), so few exist at once: at most [`limit`],
+//! which the relay sets from its open-file limit minus the descriptors its
+//! connections may need ([`set_limit`], never more than [`MAX_SPOOLS`]).
+//! The second half of that is kept for fills that several viewers share
+//! (live fan-out), so a cache full of old single-viewer chunks cannot take
+//! them all. Past the limit, or when `memfd_create` or `mmap` fails, the
+//! fill keeps its bytes on the heap as before. The bytes are the same bytes
+//! the budget is charged for; the upstream buffers they were copied from are
+//! freed (to the allocator, which may keep them for reuse).
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -38,6 +43,26 @@ pub const MIN_LEN: u64 = 16 * 1024;
 pub const MAX_LEN: u64 = 64 * 1024 * 1024;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
+static LIMIT: AtomicUsize = AtomicUsize::new(MAX_SPOOLS);
+
+/// Sets how many spools may exist at once (at most [`MAX_SPOOLS`]; 0 turns
+/// them off).
+pub fn set_limit(n: usize) {
+    LIMIT.store(n.min(MAX_SPOOLS), Ordering::Relaxed);
+}
+
+/// How many spools may exist at once.
+pub fn limit() -> usize {
+    LIMIT.load(Ordering::Relaxed)
+}
+
+/// The spool limit for a process allowed `fd_limit` open files serving up to
+/// `max_connections` viewers: half of the descriptors left after the
+/// viewers and 64 more (listeners, upstream connections, files).
+pub fn limit_for(fd_limit: u64, max_connections: usize) -> usize {
+    let spare = (fd_limit as usize).saturating_sub(max_connections + 64);
+    (spare / 2).min(MAX_SPOOLS)
+}
 
 /// Live mappings by start address: `(length, fd)`. Looked up per body piece
 /// by the HTTP/1.1 writer.
@@ -93,14 +118,16 @@ pub struct Spool {
 }
 
 impl Spool {
-    /// A spool for a body of exactly `len` bytes; `None` if the body is
-    /// too small or too large for one, [`MAX_SPOOLS`] exist, or the system
-    /// refuses (the caller then keeps the body on the heap).
-    pub fn new(len: u64) -> Option<Spool> {
+    /// A spool for a body of exactly `len` bytes, for a fill that `shared`
+    /// viewers wait on (or not); `None` if the body is too small or too large
+    /// for one, the limit is reached (half of it for an unshared fill), or
+    /// the system refuses (the caller then keeps the body on the heap).
+    pub fn new(len: u64, shared: bool) -> Option<Spool> {
         if !(MIN_LEN..=MAX_LEN).contains(&len) {
             return None;
         }
-        if LIVE.fetch_add(1, Ordering::Relaxed) >= MAX_SPOOLS {
+        let limit = if shared { limit() } else { limit() / 2 };
+        if LIVE.fetch_add(1, Ordering::Relaxed) >= limit {
             LIVE.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
@@ -200,7 +227,7 @@ mod tests {
 
     #[test]
     fn pieces_land_in_the_file_and_are_found() {
-        let mut s = Spool::new(40_000).expect("memfd");
+        let mut s = Spool::new(40_000, true).expect("memfd");
         let a = s.append(&[Bytes::from(vec![1u8; 20_000])]).unwrap();
         let b = s
             .append(&[
@@ -234,7 +261,15 @@ mod tests {
 
     #[test]
     fn sizes_outside_the_range_get_no_spool() {
-        assert!(Spool::new(MIN_LEN - 1).is_none());
-        assert!(Spool::new(MAX_LEN + 1).is_none());
+        assert!(Spool::new(MIN_LEN - 1, true).is_none());
+        assert!(Spool::new(MAX_LEN + 1, true).is_none());
+    }
+
+    #[test]
+    fn the_limit_leaves_descriptors_for_viewers() {
+        assert_eq!(limit_for(20_000, 19_000), 468);
+        assert_eq!(limit_for(1_100, 1_000), 18);
+        assert_eq!(limit_for(256, 19_000), 0);
+        assert_eq!(limit_for(1 << 20, 1_000), MAX_SPOOLS);
     }
 }

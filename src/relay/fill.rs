@@ -194,9 +194,11 @@ impl Relay {
         let mut batch = Vec::new();
         // A body of known length goes into a memory file, so HTTP/1.1
         // viewers can be sent it without a copy each (`spool`).
+        let shared = slot.viewers() > 1;
         let mut spool = len
             .filter(|_| cfg.zero_copy && status.is_success())
-            .and_then(crate::spool::Spool::new);
+            .and_then(|len| crate::spool::Spool::new(len, shared));
+        self.metrics.spools.set(crate::spool::live() as i64);
         let mut ended = false;
         let mut last_push: Option<Instant> = None;
         while !ended {

@@ -603,11 +603,22 @@ async fn send_file(io: &mut StallGuard<TcpStream>, head: &[u8], piece: &Bytes) -
     };
     let tcp = io.get_ref();
     let sock = tcp.as_raw_fd();
+    // Data sent with "more to come" (the head's MSG_MORE, and the tail of a
+    // partial sendfile, which the kernel corks) waits in the socket for
+    // the next send. Before waiting for room, it is pushed out; otherwise
+    // it would sit there until TCP's 200 ms cork timer.
+    let mut corked = false;
+    let ready = |corked: &mut bool| {
+        if std::mem::take(corked) {
+            push(sock);
+        }
+        tcp.writable()
+    };
     // The head goes with MSG_MORE, so it leaves in one segment with the
     // start of the body rather than on its own.
     let mut head = head;
     while !head.is_empty() {
-        tcp.writable().await?;
+        ready(&mut corked).await?;
         match tcp.try_io(Interest::WRITABLE, || {
             // SAFETY: a plain send of a live buffer on a socket we own.
             let n = unsafe {
@@ -624,7 +635,10 @@ async fn send_file(io: &mut StallGuard<TcpStream>, head: &[u8], piece: &Bytes) -
                 Ok(n as usize)
             }
         }) {
-            Ok(n) => head = &head[n..],
+            Ok(n) => {
+                head = &head[n..];
+                corked = true;
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         }
@@ -632,7 +646,7 @@ async fn send_file(io: &mut StallGuard<TcpStream>, head: &[u8], piece: &Bytes) -
     let mut offset = start as libc::off_t;
     let end = offset + piece.len() as libc::off_t;
     while offset < end {
-        tcp.writable().await?;
+        ready(&mut corked).await?;
         match tcp.try_io(Interest::WRITABLE, || {
             // SAFETY: `file` is the spool's descriptor, kept open by
             // `piece`; the range lies within the file.
@@ -644,12 +658,30 @@ async fn send_file(io: &mut StallGuard<TcpStream>, head: &[u8], piece: &Bytes) -
             }
         }) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(_) => {}
+            // A short send leaves its last segment corked.
+            Ok(_) => corked = offset < end,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+/// Sends what a socket holds back for more (a corked segment): setting
+/// `TCP_NODELAY` pushes pending data out, even when it is already set.
+fn push(sock: std::os::fd::RawFd) {
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt with a valid option value on a socket we own; a
+    // failure only means nothing is pushed early.
+    unsafe {
+        libc::setsockopt(
+            sock,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }
 
 /// Reads and drops a request body of `len` bytes (some may be in `buf`).
