@@ -284,10 +284,12 @@ async fn serve_io<I>(
         Some(tcp) => {
             let sniffed = tokio::select! {
                 r = sniff(tcp) => r,
-                _ = shared.drain.cancelled() => None,
-                _ = shared.stop.cancelled() => None,
+                // Fired by the drain too (a child token); `stop` comes
+                // only after the drain.
                 _ = member.reclaim.cancelled() => {
-                    tracing::debug!(%peer, "closing idle connection: its place is needed");
+                    if !shared.drain.is_cancelled() {
+                        tracing::debug!(%peer, "closing idle connection: its place is needed");
+                    }
                     None
                 }
                 _ = idle_at(&timer, &watch, idle_timeout, send_timeout) => {
@@ -324,26 +326,30 @@ async fn serve_io<I>(
             shared.builder.serve_connection(TokioIo::new(tls), svc),
         )),
     };
-    let (mut draining, mut closing) = (false, false);
+    // `signalled`: the drain or a reclaim has fired (one token, see
+    // `Member::reclaim`); only then can `stop` (which follows the drain)
+    // matter, so only then is it watched. Each branch is polled on every
+    // wake-up of the connection, so fewer is cheaper (issue 10).
+    let (mut signalled, mut closing) = (false, false);
     loop {
         tokio::select! {
+            biased;
             r = &mut conn => {
                 if let Err(e) = r {
                     tracing::debug!(%peer, error = %e, "connection ended with error");
                 }
                 break;
             }
-            _ = shared.drain.cancelled(), if !draining => {
-                draining = true;
+            _ = member.reclaim.cancelled(), if !signalled => {
+                signalled = true;
                 graceful_shutdown!(conn, grace);
+                if !shared.drain.is_cancelled() {
+                    tracing::debug!(%peer, "closing idle connection: its place is needed");
+                    closing = true;
+                    timer.as_mut().reset(tokio::time::Instant::now() + CLOSE_FLUSH);
+                }
             }
-            _ = shared.stop.cancelled() => break,
-            _ = member.reclaim.cancelled(), if !closing => {
-                tracing::debug!(%peer, "closing idle connection: its place is needed");
-                graceful_shutdown!(conn, grace);
-                closing = true;
-                timer.as_mut().reset(tokio::time::Instant::now() + CLOSE_FLUSH);
-            }
+            _ = shared.stop.cancelled(), if signalled => break,
             _ = timer.as_mut() => {
                 if closing {
                     break;

@@ -141,7 +141,9 @@ struct Members {
 /// An open connection as the accept loop sees it.
 pub(super) struct Member {
     watch: Arc<ConnWatch>,
-    /// Fired to close it gracefully so a new connection can have its place.
+    /// Fired to close it gracefully: so a new connection can have its
+    /// place, or (a child of `drain`) for the drain. One token, so the
+    /// connection task checks one thing per wake-up, not two.
     pub(super) reclaim: CancellationToken,
 }
 
@@ -149,7 +151,7 @@ impl Shared {
     pub(super) fn join(&self, watch: &Arc<ConnWatch>) -> (u64, Arc<Member>) {
         let member = Arc::new(Member {
             watch: watch.clone(),
-            reclaim: CancellationToken::new(),
+            reclaim: self.drain.child_token(),
         });
         let mut m = self.members.lock();
         m.next += 1;
