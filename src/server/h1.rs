@@ -186,11 +186,9 @@ where
         close |= body_unread || grace.asked();
         let close = write_response(&mut io, resp, version, head_only, close, Some(&limits)).await?;
         if close {
-            if body_unread {
-                linger(&mut io).await;
-            } else {
-                let _ = io.shutdown().await;
-            }
+            // Unread bytes (a body, a pipelined request) would make the
+            // close a reset, which can destroy the response in flight.
+            linger(&mut io).await;
             return Ok(());
         }
         discard_body(&mut io, &mut buf, body_len).await?;
