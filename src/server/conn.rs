@@ -27,7 +27,9 @@ use super::h1::{self, Grace, H1Error, H1Limits};
 use super::handle;
 use super::listener::Shared;
 use super::stall::StallGuard;
-use super::watch::{now_ms, ConnWatch, OpenRequest, Verdict};
+use super::watch::{
+    now_ms, ConnWatch, OpenRequest, Verdict, SIGNAL_CLOSE, SIGNAL_DRAIN, SIGNAL_STOP,
+};
 
 /// How long a connection closed for idleness, or to make room for one over
 /// the cap, may take to flush its goodbye (an h2 GOAWAY) before it is dropped.
@@ -237,7 +239,7 @@ async fn serve_io<I>(
     let relay = &shared.relay;
     let (idle_timeout, send_timeout) = (relay.config.idle_timeout, relay.config.send_timeout);
     let watch = Arc::new(ConnWatch::new());
-    let (id, member) = shared.join(&watch);
+    let id = shared.join(&watch);
     // Answers one request head; the watchdog counts it open from here
     // until its response body is done.
     let respond = {
@@ -284,10 +286,9 @@ async fn serve_io<I>(
         Some(tcp) => {
             let sniffed = tokio::select! {
                 r = sniff(tcp) => r,
-                // Fired by the drain too (a child token); `stop` comes
-                // only after the drain.
-                _ = member.reclaim.cancelled() => {
-                    if !shared.drain.is_cancelled() {
+                // A reclaim, the drain or the stop: not served.
+                s = std::future::poll_fn(|cx| watch.poll_signal(0, cx)) => {
+                    if s == SIGNAL_CLOSE {
                         tracing::debug!(%peer, "closing idle connection: its place is needed");
                     }
                     None
@@ -326,11 +327,10 @@ async fn serve_io<I>(
             shared.builder.serve_connection(TokioIo::new(tls), svc),
         )),
     };
-    // `signalled`: the drain or a reclaim has fired (one token, see
-    // `Member::reclaim`); only then can `stop` (which follows the drain)
-    // matter, so only then is it watched. Each branch is polled on every
-    // wake-up of the connection, so fewer is cheaper (issue 10).
-    let (mut signalled, mut closing) = (false, false);
+    // Signals from the accept loop (a reclaim, the drain, the stop) come
+    // through the connection's watch, which costs an atomic load per
+    // wake-up of this task (issue 10); `seen` are those acted on.
+    let (mut seen, mut closing) = (0u8, false);
     loop {
         tokio::select! {
             biased;
@@ -340,16 +340,22 @@ async fn serve_io<I>(
                 }
                 break;
             }
-            _ = member.reclaim.cancelled(), if !signalled => {
-                signalled = true;
-                graceful_shutdown!(conn, grace);
-                if !shared.drain.is_cancelled() {
+            s = std::future::poll_fn(|cx| watch.poll_signal(seen, cx)) => {
+                let new = s & !seen;
+                let first = seen == 0;
+                seen = s;
+                if new & SIGNAL_STOP != 0 {
+                    break;
+                }
+                if first {
+                    graceful_shutdown!(conn, grace);
+                }
+                if new & SIGNAL_CLOSE != 0 && s & SIGNAL_DRAIN == 0 {
                     tracing::debug!(%peer, "closing idle connection: its place is needed");
                     closing = true;
                     timer.as_mut().reset(tokio::time::Instant::now() + CLOSE_FLUSH);
                 }
             }
-            _ = shared.stop.cancelled(), if signalled => break,
             _ = timer.as_mut() => {
                 if closing {
                     break;

@@ -27,7 +27,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::conn::connection;
-use super::watch::ConnWatch;
+use super::watch::{ConnWatch, SIGNAL_CLOSE, SIGNAL_DRAIN, SIGNAL_STOP};
 use crate::relay::Relay;
 
 /// The relay's HTTP/2 receive windows, per stream and per connection. The
@@ -138,26 +138,37 @@ struct Members {
     all: std::collections::HashMap<u64, Arc<Member>>,
 }
 
-/// An open connection as the accept loop sees it.
+/// An open connection as the accept loop sees it: its watch, through which
+/// it is also sent the reclaim, the drain and the stop.
 pub(super) struct Member {
-    watch: Arc<ConnWatch>,
-    /// Fired to close it gracefully: so a new connection can have its
-    /// place, or (a child of `drain`) for the drain. One token, so the
-    /// connection task checks one thing per wake-up, not two.
-    pub(super) reclaim: CancellationToken,
+    pub(super) watch: Arc<ConnWatch>,
 }
 
 impl Shared {
-    pub(super) fn join(&self, watch: &Arc<ConnWatch>) -> (u64, Arc<Member>) {
+    pub(super) fn join(&self, watch: &Arc<ConnWatch>) -> u64 {
         let member = Arc::new(Member {
             watch: watch.clone(),
-            reclaim: self.drain.child_token(),
         });
         let mut m = self.members.lock();
         m.next += 1;
         let id = m.next;
-        m.all.insert(id, member.clone());
-        (id, member)
+        m.all.insert(id, member);
+        // Under the lock `signal_all` takes: a connection that joins while
+        // the drain or stop is being sent gets it here or there.
+        if self.drain.is_cancelled() {
+            watch.signal(SIGNAL_DRAIN);
+        }
+        if self.stop.is_cancelled() {
+            watch.signal(SIGNAL_STOP);
+        }
+        id
+    }
+
+    /// Sends `signal` to every open connection.
+    fn signal_all(&self, signal: u8) {
+        for c in self.members.lock().all.values() {
+            c.watch.signal(signal);
+        }
     }
 
     pub(super) fn leave(&self, id: u64) {
@@ -177,12 +188,12 @@ impl Shared {
             m.all
                 .iter()
                 .filter(|(_, c)| {
-                    !c.reclaim.is_cancelled() && c.watch.open.load(Ordering::Acquire) == 0
+                    c.watch.signals() == 0 && c.watch.open.load(Ordering::Acquire) == 0
                 })
                 .min_by_key(|(id, c)| (c.watch.idle_since.load(Ordering::Acquire), **id))
                 .map(|(_, c)| c.clone())
         };
-        victim.map(|c| c.reclaim.cancel()).is_some()
+        victim.map(|c| c.watch.signal(SIGNAL_CLOSE)).is_some()
     }
 }
 
@@ -306,7 +317,13 @@ pub async fn serve_with_tls(
     drop(tls);
     let grace = relay.config.shutdown_grace;
     tracing::info!(?grace, "listener closed, draining connections");
-    shared.drain.cancel();
+    {
+        // Cancelled under the members' lock, so `join` sees it or
+        // `signal_all` sees the new member.
+        let _m = shared.members.lock();
+        shared.drain.cancel();
+    }
+    shared.signal_all(SIGNAL_DRAIN);
     // Every connection task holds a permit: all of them back means all done.
     let all = max as u32;
     if tokio::time::timeout(grace, permits.acquire_many(all))
@@ -314,7 +331,11 @@ pub async fn serve_with_tls(
         .is_err()
     {
         tracing::warn!("grace period over, dropping remaining connections");
-        shared.stop.cancel();
+        {
+            let _m = shared.members.lock();
+            shared.stop.cancel();
+        }
+        shared.signal_all(SIGNAL_STOP);
         // They drop at once on `stop`; the bound only guards against a bug.
         let _ = tokio::time::timeout(Duration::from_secs(1), permits.acquire_many(all)).await;
     }
