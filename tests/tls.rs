@@ -265,3 +265,47 @@ async fn a_silent_tls_client_is_closed_by_the_handshake_timeout() {
         1.0
     );
 }
+
+/// Connections stalled in their TLS handshake hold places under
+/// `max-connections` like idle ones, and like idle ones they give them up to
+/// new viewers: a flood of them cannot lock TLS viewers out for a whole
+/// handshake timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_handshakes_give_their_places_to_new_viewers() {
+    let origin = origin_with(|c| c.vod_chunks = 4).await;
+    let certs = CertFiles::generate("stalled");
+    let url = origin.url();
+    let mut args = tls_args(&certs, &url);
+    args.extend(["--max-connections", "8", "--tls-handshake-timeout", "60s"]);
+    let (relay, tls) = TestProcess::relay_tls(&args);
+    // Every place taken by a connection that never starts its handshake.
+    let mut stalled = Vec::new();
+    for _ in 0..8 {
+        stalled.push(tokio::net::TcpStream::connect(tls).await.unwrap());
+    }
+    let admin = relay.admin();
+    let mut open = 0.0;
+    for _ in 0..200 {
+        open = metric(admin, "mlcache_connections").await;
+        if open >= 8.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(open, 8.0, "the stalled connections hold every place");
+    // Real viewers still get in (the first by displacing a stalled one).
+    for _ in 0..3 {
+        let got = h1_tls(tls, &certs.ca_pem, get(origin.addr, "/vod/1"))
+            .await
+            .expect("a TLS viewer gets in at the cap");
+        assert_eq!(got.status, StatusCode::OK);
+    }
+    assert!(
+        metric(
+            admin,
+            "mlcache_connections_closed_total{reason=\"reclaimed\"}"
+        )
+        .await
+            >= 1.0
+    );
+}

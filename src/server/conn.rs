@@ -68,32 +68,44 @@ pub(super) async fn connection(
     let _ = tcp.set_nodelay(true);
     let local = tcp.local_addr().unwrap_or(relay.config.listen);
     let io = StallGuard::new(tcp, relay.config.send_timeout);
-    let Some(acceptor) = tls else {
-        return serve_io(shared, io, peer, local, permit).await;
-    };
-    // Boxed: the handshake and a TLS stream are large, and inline they
-    // would size every clear connection's task too (issue 10).
-    Box::pin(serve_tls(shared, io, peer, local, permit, acceptor)).await
+    // A member from the start, TLS handshake included: a connection that
+    // stalls its handshake is idle like any other and can be displaced at
+    // the cap (else a flood of them would lock out every TLS viewer).
+    let watch = Arc::new(ConnWatch::new());
+    let id = shared.join(&watch);
+    match tls {
+        None => serve_io(&shared, io, peer, local, watch).await,
+        // Boxed: the handshake and a TLS stream are large, and inline they
+        // would size every clear connection's task too (issue 10).
+        Some(acceptor) => Box::pin(serve_tls(&shared, io, peer, local, watch, acceptor)).await,
+    }
+    shared.leave(id);
+    drop(permit);
 }
 
 /// [`connection`]'s TLS path: the handshake within `tls-handshake-timeout`,
 /// then HTTP over the TLS stream.
 async fn serve_tls(
-    shared: Arc<Shared>,
+    shared: &Arc<Shared>,
     io: StallGuard<TcpStream>,
     peer: SocketAddr,
     local: SocketAddr,
-    permit: OwnedSemaphorePermit,
+    watch: Arc<ConnWatch>,
     acceptor: TlsAcceptor,
 ) {
     let relay = &shared.relay;
     let limit = relay.config.tls_handshake_timeout;
     let handshake = tokio::select! {
         r = tokio::time::timeout(limit, acceptor.accept(io)) => r,
-        _ = shared.stop.cancelled() => return,
+        // Displaced at the cap, or the drain or stop: a handshake is not
+        // a request in flight.
+        _ = std::future::poll_fn(|cx| watch.poll_signal(0, cx)) => {
+            tracing::debug!(%peer, "closing a connection in its TLS handshake");
+            return;
+        }
     };
     match handshake {
-        Ok(Ok(stream)) => serve_io(shared, stream, peer, local, permit).await,
+        Ok(Ok(stream)) => serve_io(shared, stream, peer, local, watch).await,
         Ok(Err(e)) => {
             relay.metrics.connection_closed("tls_handshake");
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -228,18 +240,16 @@ macro_rules! graceful_shutdown {
 
 /// Serves HTTP on one connection (clear or TLS) under its watchdog.
 async fn serve_io<I>(
-    shared: Arc<Shared>,
+    shared: &Arc<Shared>,
     io: I,
     peer: SocketAddr,
     local: SocketAddr,
-    permit: OwnedSemaphorePermit,
+    watch: Arc<ConnWatch>,
 ) where
     I: AsyncRead + AsyncWrite + Sniff + Unpin + Send + 'static,
 {
     let relay = &shared.relay;
     let (idle_timeout, send_timeout) = (relay.config.idle_timeout, relay.config.send_timeout);
-    let watch = Arc::new(ConnWatch::new());
-    let id = shared.join(&watch);
     // Answers one request head; the watchdog counts it open from here
     // until its response body is done.
     let respond = {
@@ -301,11 +311,7 @@ async fn serve_io<I>(
             };
             match sniffed {
                 Some(h2) => Some(h2),
-                None => {
-                    shared.leave(id);
-                    drop(permit);
-                    return;
-                }
+                None => return,
             }
         }
     };
@@ -382,8 +388,6 @@ async fn serve_io<I>(
             }
         }
     }
-    shared.leave(id);
-    drop(permit);
 }
 
 #[cfg(test)]
