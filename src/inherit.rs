@@ -19,6 +19,46 @@ use std::os::fd::FromRawFd;
 
 use tokio::net::TcpListener;
 
+/// Most sockets a starter may pass: the three roles, with room for a few
+/// named ones this relay closes.
+const MAX_FDS: i32 = 16;
+
+/// Whether `fd` is open and a listening TCP socket, without taking it.
+fn check_listening_tcp(fd: i32) -> std::io::Result<()> {
+    let opt = |level, name| -> std::io::Result<libc::c_int> {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `v`; on a bad
+        // or non-socket fd it fails with an errno and writes nothing.
+        let r = unsafe {
+            libc::getsockopt(
+                fd,
+                level,
+                name,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if r == 0 {
+            Ok(v)
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, why.to_string());
+    let domain = opt(libc::SOL_SOCKET, libc::SO_DOMAIN)?;
+    if domain != libc::AF_INET && domain != libc::AF_INET6 {
+        return Err(bad("not an IPv4 or IPv6 socket"));
+    }
+    if opt(libc::SOL_SOCKET, libc::SO_TYPE)? != libc::SOCK_STREAM {
+        return Err(bad("not a TCP socket"));
+    }
+    if opt(libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? == 0 {
+        return Err(bad("not listening"));
+    }
+    Ok(())
+}
+
 /// The first fd passed (`SD_LISTEN_FDS_START`).
 const FIRST_FD: i32 = 3;
 
@@ -49,6 +89,12 @@ impl Inherited {
             Some(n) if ours && n > 0 => n,
             _ => return Ok(Inherited::default()),
         };
+        if n > MAX_FDS {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("LISTEN_FDS={n}: a relay takes at most {MAX_FDS} sockets (listen, listen-tls, admin)"),
+            ));
+        }
         let mut roles: Vec<String> = match names {
             Some(names) if !names.is_empty() => names.split(':').map(str::to_string).collect(),
             _ => {
@@ -66,11 +112,20 @@ impl Inherited {
         let mut got = Inherited::default();
         for (i, role) in roles.iter().enumerate() {
             let fd = FIRST_FD + i as i32;
+            let what = |e: std::io::Error| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("inherited fd {fd} (LISTEN_FDS, role {role:?}): {e}"),
+                )
+            };
+            check_listening_tcp(fd).map_err(what)?;
             // SAFETY: the starter passed fds FIRST_FD..FIRST_FD+n to this
-            // process for it to own (sd_listen_fds); each is taken once.
+            // process for it to own (sd_listen_fds), and the check above
+            // found this one open and a listening TCP socket; each is taken
+            // once.
             let std = unsafe { StdListener::from_raw_fd(fd) };
-            std.set_nonblocking(true)?;
-            let l = TcpListener::from_std(std)?;
+            std.set_nonblocking(true).map_err(what)?;
+            let l = TcpListener::from_std(std).map_err(what)?;
             let slot = match role.as_str() {
                 "listen" | "viewers" => &mut got.listen,
                 "listen-tls" | "tls" => &mut got.listen_tls,
@@ -93,5 +148,30 @@ impl Inherited {
     /// Whether nothing was inherited.
     pub fn is_empty(&self) -> bool {
         self.listen.is_none() && self.listen_tls.is_none() && self.admin.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use super::check_listening_tcp;
+
+    #[test]
+    fn only_an_open_listening_tcp_socket_passes() {
+        let listening = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(check_listening_tcp(listening.as_raw_fd()).is_ok());
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let e = check_listening_tcp(udp.as_raw_fd()).unwrap_err();
+        assert!(e.to_string().contains("not a TCP socket"), "{e}");
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        assert!(check_listening_tcp(file.as_raw_fd()).is_err());
+        let closed = {
+            let f = std::fs::File::open("/proc/self/status").unwrap();
+            f.as_raw_fd()
+        };
+        // (The number may be reused by another test's file meanwhile; a
+        // file still fails the check.)
+        assert!(check_listening_tcp(closed).is_err());
     }
 }

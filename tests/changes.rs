@@ -286,3 +286,38 @@ fn check_config_validates_and_prints_the_effective_settings() {
     assert_eq!(out.status.code(), Some(1));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Bogus `LISTEN_FDS` from a starter: a clear refusal (exit 1, naming the
+/// problem), never an abort or a hang.
+#[test]
+fn bogus_inherited_sockets_are_refused_clearly() {
+    let file = std::fs::File::open("/proc/self/status").unwrap();
+    let file_fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    for (fds, dup, expect) in [
+        ("2147483647", None, "LISTEN_FDS=2147483647"),
+        ("1", Some(file_fd), "inherited fd 3"),
+    ] {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("LISTEN_PID=$$ LISTEN_FDS={fds} exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_mlcache-relay"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(["--allow-origin", "http://127.0.0.1:1"])
+            .stdin(std::process::Stdio::null());
+        if let Some(fd) = dup {
+            // SAFETY: only async-signal-safe dup2 between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::dup2(fd, 3) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "LISTEN_FDS={fds}: {err}");
+        assert!(err.contains(expect), "LISTEN_FDS={fds}: {err}");
+    }
+}
