@@ -291,8 +291,11 @@ pub fn raise_fd_limit() -> (u64, u64) {
 /// The log filter when `RUST_LOG` is not set. The h2 crate logs each peer's
 /// protocol misbehaviour (a rapid-reset flood, say) at `warn`, one line per
 /// connection: exactly a log storm under attack, and the relay counts those
-/// connections in its metrics anyway.
-pub const DEFAULT_LOG_FILTER: &str = "info,h2=error";
+/// connections in its metrics anyway. rustls does the same for each bad TLS
+/// client (with the client's SNI in the line: 65 KB of it, if the client
+/// likes); failed handshakes are counted in
+/// `mlcache_connections_closed_total{reason="tls_handshake"}`.
+pub const DEFAULT_LOG_FILTER: &str = "info,h2=error,rustls=error";
 
 /// Logs to stderr, filtered by `RUST_LOG` (default [`DEFAULT_LOG_FILTER`]).
 pub fn init_tracing() {
