@@ -472,13 +472,14 @@ async fn write_response<B: ResponseBody>(
         let head = pending_head.take().unwrap_or_default();
         match (&framing, &mut left) {
             (Framing::Chunked, _) => {
-                let size = format!("{:x}\r\n", data.len());
+                let mut size = [0u8; 18];
+                let size = chunk_size_line(data.len(), &mut size);
                 let last: &[u8] = if body.is_end_stream() {
                     b"\r\n0\r\n\r\n"
                 } else {
                     b"\r\n"
                 };
-                write_all(io, &[&head, size.as_bytes(), &data, last]).await?;
+                write_all(io, &[&head, size, &data, last]).await?;
                 if body.is_end_stream() {
                     return Ok(close);
                 }
@@ -488,12 +489,15 @@ async fn write_response<B: ResponseBody>(
                 // read as the next response.
                 let n = (data.len() as u64).min(*left) as usize;
                 let data = data.slice(..n);
-                match zero_copy.filter(|_| n >= SENDFILE_MIN) {
-                    Some(z) if crate::spool::find(&data).is_some() => {
-                        send_file(io, &head, &data).await?;
+                let spooled = zero_copy
+                    .filter(|_| n >= SENDFILE_MIN)
+                    .and_then(|z| Some((z, crate::spool::find(&data)?)));
+                match spooled {
+                    Some((z, at)) => {
+                        send_file(io, &head, &data, at).await?;
                         z.sendfile_bytes.inc_by(n as u64);
                     }
-                    _ => write_all(io, &[&head, &data]).await?,
+                    None => write_all(io, &[&head, &data]).await?,
                 }
                 *left -= n as u64;
             }
@@ -531,6 +535,18 @@ enum Framing {
     Chunked,
     /// Until the connection closes (HTTP/1.0 without a length).
     Close,
+}
+
+/// The chunk-size line of a `len`-byte chunk (`"{len:x}\r\n"`), written
+/// into `buf` rather than allocated per piece per viewer.
+fn chunk_size_line(len: usize, buf: &mut [u8; 18]) -> &[u8] {
+    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
+    for (i, b) in buf[..digits].iter_mut().enumerate() {
+        *b = b"0123456789abcdef"[(len >> (4 * (digits - 1 - i))) & 0xf];
+    }
+    buf[digits] = b'\r';
+    buf[digits + 1] = b'\n';
+    &buf[..digits + 2]
 }
 
 fn field(head: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -589,16 +605,19 @@ async fn write_all(io: &mut StallGuard<TcpStream>, parts: &[&[u8]]) -> io::Resul
     Ok(())
 }
 
-/// Sends `head` (if any), then `piece`, which lives in a spool, with
-/// `sendfile` from the spool's memory file: the socket references the
-/// file's pages instead of copying the bytes. `piece` is held (and with it
-/// the file) until the send is done.
-async fn send_file(io: &mut StallGuard<TcpStream>, head: &[u8], piece: &Bytes) -> io::Result<()> {
+/// Sends `head` (if any), then `piece`, which lives in a spool at
+/// `(file, start)` ([`crate::spool::find`]), with `sendfile` from the
+/// spool's memory file: the socket references the file's pages instead of
+/// copying the bytes. `piece` is held (and with it the file) until the send
+/// is done.
+async fn send_file(
+    io: &mut StallGuard<TcpStream>,
+    head: &[u8],
+    piece: &Bytes,
+    (file, start): (std::os::fd::RawFd, u64),
+) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     use tokio::io::Interest;
-    let Some((file, start)) = crate::spool::find(piece) else {
-        return write_all(io, &[head, piece]).await;
-    };
     let tcp = io.get_ref();
     let sock = tcp.as_raw_fd();
     // Data sent with "more to come" (the head's MSG_MORE, and the tail of a
@@ -770,6 +789,17 @@ mod tests {
             parse(&many),
             Err(H1Error::BadRequest(RequestError::HeaderTooLarge(_)))
         ));
+    }
+
+    #[test]
+    fn chunk_size_lines_are_lower_hex() {
+        let mut buf = [0u8; 18];
+        for n in [0usize, 1, 15, 16, 4096, 65_536, 0xdead_beef, usize::MAX] {
+            assert_eq!(
+                chunk_size_line(n, &mut buf),
+                format!("{n:x}\r\n").as_bytes()
+            );
+        }
     }
 
     #[test]
