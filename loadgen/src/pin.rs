@@ -258,3 +258,24 @@ mod tests {
         assert_eq!(cpu_s_per_gb(2.0, 0), None);
     }
 }
+
+/// Writes a report's relay-CPU line under its group: CPU seconds, GB
+/// delivered and CPU seconds per GB, and whether the run was pinned.
+pub fn write_cpu_per_gb(
+    o: &mut String,
+    cpu_s: Option<f64>,
+    bytes: u64,
+    per_gb: Option<f64>,
+    pinned: bool,
+) {
+    use std::fmt::Write;
+    if let Some(x) = per_gb {
+        let _ = writeln!(
+            o,
+            "    relay CPU {:.2} s for {:.3} GB delivered: {x:.2} CPU s per GB ({})",
+            cpu_s.unwrap_or(0.0),
+            bytes as f64 / 1e9,
+            if pinned { "pinned" } else { "not pinned" }
+        );
+    }
+}

@@ -173,19 +173,13 @@ impl HlsReport {
                 qe,
                 proc
             );
-            if let Some(x) = g.process_cpu_s_per_gb {
-                let _ = writeln!(
-                    o,
-                    "    relay CPU {:.2} s for {:.3} GB delivered: {x:.2} CPU s per GB ({})",
-                    g.process_cpu_s.unwrap_or(0.0),
-                    g.bytes as f64 / 1e9,
-                    if self.pin.pinned {
-                        "pinned"
-                    } else {
-                        "not pinned"
-                    }
-                );
-            }
+            crate::pin::write_cpu_per_gb(
+                &mut o,
+                g.process_cpu_s,
+                g.bytes,
+                g.process_cpu_s_per_gb,
+                self.pin.pinned,
+            );
             for (k, v) in &g.playlist_errors {
                 let _ = writeln!(o, "    playlist error {k}: {v}");
             }

@@ -149,19 +149,13 @@ impl LiveReport {
                 "{:<24} {:>9} {:>9} {:>6} {:>6} {:>7} {:>7}  {}",
                 g.name, g.chunks, g.expected, g.late, g.missed, g.not_yet, errs, proc
             );
-            if let Some(x) = g.process_cpu_s_per_gb {
-                let _ = writeln!(
-                    o,
-                    "    relay CPU {:.2} s for {:.3} GB delivered: {x:.2} CPU s per GB ({})",
-                    g.process_cpu_s.unwrap_or(0.0),
-                    g.bytes as f64 / 1e9,
-                    if self.pin.pinned {
-                        "pinned"
-                    } else {
-                        "not pinned"
-                    }
-                );
-            }
+            crate::pin::write_cpu_per_gb(
+                &mut o,
+                g.process_cpu_s,
+                g.bytes,
+                g.process_cpu_s_per_gb,
+                self.pin.pinned,
+            );
             for (k, v) in &g.errors {
                 let _ = writeln!(o, "    error {k}: {v}");
             }
