@@ -7,7 +7,7 @@
 //   node report.mjs --url file:///tmp/DIR/index.html [--screenshot out.png]
 //       [--chromium /usr/bin/chromium] [--width 1000]
 
-import puppeteer from 'puppeteer-core';
+import { openPage } from './page.mjs';
 
 const a = { url: null, screenshot: null, chromium: '/usr/bin/chromium', width: 1000 };
 const argv = process.argv.slice(2);
@@ -24,21 +24,9 @@ for (let i = 0; i < argv.length; i += 2) {
 }
 if (!a.url) throw new Error('--url is required');
 
-const browser = await puppeteer.launch({
-  executablePath: a.chromium,
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync'],
-});
+const { browser, page, requests, errors } = await openPage(a.chromium, a.width);
 let code = 0;
 try {
-  const page = await browser.newPage();
-  await page.setViewport({ width: a.width, height: 900 });
-  const requests = [];
-  const errors = [];
-  page.on('request', (r) => requests.push(r.url()));
-  page.on('console', (m) => { if (m.type() === 'error') errors.push(m.text()); });
-  page.on('pageerror', (e) => errors.push(String(e)));
   await page.goto(a.url, { waitUntil: 'load', timeout: 20000 });
   const shown = await page.evaluate(() => {
     const svgs = [...document.querySelectorAll('section > svg')];

@@ -10,7 +10,7 @@
 //
 // Exits non-zero when the page never shows data.
 
-import puppeteer from 'puppeteer-core';
+import { openPage } from './page.mjs';
 
 function parseArgs(argv) {
   const a = { url: null, polls: 2, screenshot: null, chromium: '/usr/bin/chromium', width: 1100 };
@@ -32,22 +32,9 @@ function parseArgs(argv) {
 }
 
 const a = parseArgs(process.argv.slice(2));
-const browser = await puppeteer.launch({
-  executablePath: a.chromium,
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync'],
-});
+const { browser, page, requests, errors } = await openPage(a.chromium, a.width);
 let code = 0;
 try {
-  const page = await browser.newPage();
-  await page.setViewport({ width: a.width, height: 900 });
-  const requests = [];
-  const errors = [];
-  page.on('request', (r) => requests.push(r.url()));
-  page.on('console', (m) => { if (m.type() === 'error') errors.push(m.text()); });
-  page.on('pageerror', (e) => errors.push(String(e)));
-  page.on('dialog', async (d) => { errors.push('dialog: ' + d.message()); await d.dismiss(); });
   await page.goto(a.url, { waitUntil: 'load', timeout: 20000 });
   await page.waitForFunction(
     (n) => Number(document.getElementById('state').dataset.polls || 0) >= n,
