@@ -1,35 +1,17 @@
 //! The loadgen against a real origin and relay on loopback, at small scale,
 //! and the demo command end to end.
 
+mod common;
+
 use std::time::Duration;
 
-use mlcache::origin::{OriginConfig, Publish};
 use mlcache_loadgen::live::{self, Group, LiveOpts};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_live_run_is_consistent() {
     let cadence = Duration::from_millis(300);
-    let origin = mlcache::origin::start(OriginConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        cadence: Some(cadence),
-        chunk_size: 16 * 1024,
-        publish: Publish::Progressive,
-        ..OriginConfig::default()
-    })
-    .await
-    .unwrap();
-    let listener = mlcache::listen("127.0.0.1:0".parse().unwrap()).unwrap();
-    let relay = mlcache::start_on(
-        mlcache::Config {
-            allow_origin: vec![origin.url()],
-            ..mlcache::Config::default()
-        },
-        listener,
-        None,
-    )
-    .await
-    .unwrap();
+    let (origin, relay) = common::origin_and_relay(cadence).await;
     let duration = Duration::from_secs(3);
     let report = live::run(
         LiveOpts {

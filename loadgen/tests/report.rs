@@ -4,10 +4,10 @@
 //! SVG is well-formed XML with lines in it, and the page inlines them all.
 //! With Chromium present, the page is also opened headless and screenshotted.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-use mlcache::origin::{OriginConfig, Publish};
 
 /// Every chart the report draws when all data is there.
 const CHARTS: [&str; 6] = [
@@ -21,26 +21,7 @@ const CHARTS: [&str; 6] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_report_has_every_chart() {
-    let origin = mlcache::origin::start(OriginConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        cadence: Some(Duration::from_millis(250)),
-        chunk_size: 16 * 1024,
-        publish: Publish::Progressive,
-        ..OriginConfig::default()
-    })
-    .await
-    .unwrap();
-    let listener = mlcache::listen("127.0.0.1:0".parse().unwrap()).unwrap();
-    let relay = mlcache::start_on(
-        mlcache::Config {
-            allow_origin: vec![origin.url()],
-            ..mlcache::Config::default()
-        },
-        listener,
-        None,
-    )
-    .await
-    .unwrap();
+    let (origin, relay) = common::origin_and_relay(Duration::from_millis(250)).await;
     let dir = std::env::temp_dir().join(format!("mlcache-report-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_mlcache-loadgen"))
