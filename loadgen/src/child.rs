@@ -80,3 +80,22 @@ pub async fn spawn_listening(
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Ok(Listening { child, addr, admin })
 }
+
+/// The `mlcache` arguments of a live origin on an ephemeral loopback port
+/// publishing `chunk_size`-byte chunks every `cadence`, `publish` being
+/// `whole` or `progressive` (the demo's and the flash crowd's origin).
+pub fn origin_args(cadence: Duration, chunk_size: usize, publish: &str) -> Vec<String> {
+    [
+        "origin",
+        "--listen",
+        "127.0.0.1:0",
+        "--cadence",
+        &format!("{}ms", cadence.as_millis()),
+        "--chunk-size",
+        &chunk_size.to_string(),
+        "--publish",
+        publish,
+    ]
+    .map(str::to_string)
+    .to_vec()
+}

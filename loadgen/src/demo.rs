@@ -98,17 +98,7 @@ pub async fn run(opts: DemoOpts, cancel: CancellationToken) -> anyhow::Result<Li
     let s = |v: &str| v.to_string();
     let origin = spawn(
         "origin",
-        &[
-            s("origin"),
-            s("--listen"),
-            s("127.0.0.1:0"),
-            s("--cadence"),
-            format!("{}ms", opts.cadence.as_millis()),
-            s("--chunk-size"),
-            opts.chunk_size.to_string(),
-            s("--publish"),
-            opts.publish.clone(),
-        ],
+        &crate::child::origin_args(opts.cadence, opts.chunk_size, &opts.publish),
     )
     .await?;
     let origin_url = format!("http://{}", origin.addr);

@@ -93,17 +93,7 @@ pub async fn run(opts: FlashOpts, cancel: CancellationToken) -> anyhow::Result<F
         None => {
             let o = spawn_on(
                 "origin",
-                &[
-                    s("origin"),
-                    s("--listen"),
-                    s("127.0.0.1:0"),
-                    s("--cadence"),
-                    format!("{}ms", opts.cadence.as_millis()),
-                    s("--chunk-size"),
-                    opts.chunk_size.to_string(),
-                    s("--publish"),
-                    opts.publish.clone(),
-                ],
+                &crate::child::origin_args(opts.cadence, opts.chunk_size, &opts.publish),
                 None,
             )
             .await?;
