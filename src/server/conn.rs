@@ -10,6 +10,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,11 +74,12 @@ pub(super) async fn connection(
     // the cap (else a flood of them would lock out every TLS viewer).
     let watch = Arc::new(ConnWatch::new());
     let id = shared.join(&watch);
+    let raw = io.get_ref().as_raw_fd();
     match tls {
-        None => serve_io(&shared, io, peer, local, watch).await,
+        None => serve_io(&shared, io, raw, peer, local, watch).await,
         // Boxed: the handshake and a TLS stream are large, and inline they
         // would size every clear connection's task too (issue 10).
-        Some(acceptor) => Box::pin(serve_tls(&shared, io, peer, local, watch, acceptor)).await,
+        Some(acceptor) => Box::pin(serve_tls(&shared, io, raw, peer, local, watch, acceptor)).await,
     }
     shared.leave(id);
     drop(permit);
@@ -88,6 +90,7 @@ pub(super) async fn connection(
 async fn serve_tls(
     shared: &Arc<Shared>,
     io: StallGuard<TcpStream>,
+    raw: RawFd,
     peer: SocketAddr,
     local: SocketAddr,
     watch: Arc<ConnWatch>,
@@ -105,7 +108,7 @@ async fn serve_tls(
         }
     };
     match handshake {
-        Ok(Ok(stream)) => serve_io(shared, stream, peer, local, watch).await,
+        Ok(Ok(stream)) => serve_io(shared, stream, raw, peer, local, watch).await,
         Ok(Err(e)) => {
             relay.metrics.connection_closed("tls_handshake");
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -239,9 +242,12 @@ macro_rules! graceful_shutdown {
 }
 
 /// Serves HTTP on one connection (clear or TLS) under its watchdog.
+/// `raw` is the descriptor of the TCP socket under `io`, for the lingering
+/// close after a drain.
 async fn serve_io<I>(
     shared: &Arc<Shared>,
     io: I,
+    raw: RawFd,
     peer: SocketAddr,
     local: SocketAddr,
     watch: Arc<ConnWatch>,
@@ -337,6 +343,14 @@ async fn serve_io<I>(
     // through the connection's watch, which costs an atomic load per
     // wake-up of this task (issue 10); `seen` are those acted on.
     let (mut seen, mut closing) = (0u8, false);
+    // hyper drops the socket when a drained connection ends, and the
+    // client's last frames (WINDOW_UPDATEs for the data it just got) may
+    // be unread: the close would then be a reset that throws away the end
+    // of the responses still queued. A second descriptor, taken when the
+    // drain starts, keeps the socket for a lingering close after hyper is
+    // done (the relay's own HTTP/1.1 server lingers by itself).
+    let mut lingering: Option<std::os::fd::OwnedFd> = None;
+    let mut ended = false;
     loop {
         tokio::select! {
             biased;
@@ -344,6 +358,7 @@ async fn serve_io<I>(
                 if let Err(e) = r {
                     tracing::debug!(%peer, error = %e, "connection ended with error");
                 }
+                ended = true;
                 break;
             }
             s = std::future::poll_fn(|cx| watch.poll_signal(seen, cx)) => {
@@ -352,6 +367,13 @@ async fn serve_io<I>(
                 seen = s;
                 if new & SIGNAL_STOP != 0 {
                     break;
+                }
+                if new & SIGNAL_DRAIN != 0 && !matches!(conn, Served::H1(_)) {
+                    // SAFETY: `raw` is the socket `conn` owns; `conn` is
+                    // alive (it is polled only here), so the descriptor is
+                    // open and still that socket.
+                    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
+                    lingering = fd.try_clone_to_owned().ok();
                 }
                 if first {
                     graceful_shutdown!(conn, grace);
@@ -384,6 +406,20 @@ async fn serve_io<I>(
                         let wait = Duration::from_millis(at.saturating_sub(now));
                         timer.as_mut().reset(tokio::time::Instant::now() + wait);
                     }
+                }
+            }
+        }
+    }
+    drop(conn);
+    if let (true, Some(fd)) = (ended, lingering) {
+        let std = std::net::TcpStream::from(fd);
+        if std.set_nonblocking(true).is_ok() {
+            if let Ok(mut tcp) = TcpStream::from_std(std) {
+                // Bounded by the stop as well as its own limits; boxed, as
+                // its buffer would otherwise size every connection's task.
+                tokio::select! {
+                    _ = Box::pin(h1::linger(&mut tcp)) => {}
+                    _ = std::future::poll_fn(|cx| watch.poll_signal(seen, cx)) => {}
                 }
             }
         }

@@ -52,10 +52,11 @@ const SENDFILE_MIN: usize = 4096;
 /// connection; a longer or chunked one closes it after the response.
 const DISCARD_BODY: u64 = 64 * 1024;
 /// How long a closing connection keeps reading (and dropping) what the
-/// client still sends, so its response is not lost to a reset.
-const LINGER: Duration = Duration::from_secs(1);
+/// client still sends, so its response is not lost to a reset (nginx's
+/// `lingering_timeout` is 5 s too).
+const LINGER: Duration = Duration::from_secs(5);
 /// How much a lingering close reads at most.
-const LINGER_BYTES: usize = 256 * 1024;
+const LINGER_BYTES: usize = 1024 * 1024;
 
 /// Settings of the HTTP/1.1 server.
 #[derive(Clone, Debug)]
@@ -193,6 +194,9 @@ where
         }
         discard_body(&mut io, &mut buf, body_len).await?;
         if grace.asked() {
+            // Asked while the response was going out: the client may have
+            // sent more since.
+            linger(&mut io).await;
             return Ok(());
         }
     }
@@ -723,8 +727,10 @@ async fn discard_body(
 }
 
 /// Closes the sending side, then reads and drops what the client still
-/// sends for a moment, so it reads the response before the socket closes.
-async fn linger(io: &mut StallGuard<TcpStream>) {
+/// sends for a moment, so it reads the response before the socket closes:
+/// closing a socket with unread bytes resets it, and a reset throws away
+/// what was still queued to send.
+pub(super) async fn linger<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(io: &mut S) {
     let _ = io.shutdown().await;
     let drain = async {
         let mut sink = [0u8; 2048];
