@@ -244,21 +244,6 @@ pub fn cpu_s_per_gb(cpu_s: f64, bytes: u64) -> Option<f64> {
     (bytes > 0).then(|| cpu_s / (bytes as f64 / 1e9))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn self_mask_reads_back() {
-        let cpus = allowed().unwrap();
-        assert!(!cpus.is_empty());
-        let l = allowed_list(std::process::id()).unwrap();
-        assert!(!l.is_empty());
-        assert_eq!(cpu_s_per_gb(2.0, 4_000_000_000), Some(0.5));
-        assert_eq!(cpu_s_per_gb(2.0, 0), None);
-    }
-}
-
 /// Writes a report's relay-CPU line under its group: CPU seconds, GB
 /// delivered and CPU seconds per GB, and whether the run was pinned.
 pub fn write_cpu_per_gb(
@@ -277,5 +262,20 @@ pub fn write_cpu_per_gb(
             bytes as f64 / 1e9,
             if pinned { "pinned" } else { "not pinned" }
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_mask_reads_back() {
+        let cpus = allowed().unwrap();
+        assert!(!cpus.is_empty());
+        let l = allowed_list(std::process::id()).unwrap();
+        assert!(!l.is_empty());
+        assert_eq!(cpu_s_per_gb(2.0, 4_000_000_000), Some(0.5));
+        assert_eq!(cpu_s_per_gb(2.0, 0), None);
     }
 }
