@@ -67,7 +67,9 @@ PIDS+=("$LIVE_PID")
 sleep $((RAMP + 1))
 
 BEFORE=$(bytes_out "$ADMIN")
-strace -f -c -e trace=writev,write,sendmsg,sendto -o "$WORK/strace.txt" -p "$RELAY_PID" &
+TRACE=(-e trace=writev,write,sendmsg,sendto)
+[[ -n "${STRACE_ALL:-}" ]] && TRACE=()
+strace -f -c "${TRACE[@]}" -o "$WORK/strace.txt" -p "$RELAY_PID" &
 STRACE_PID=$!
 PIDS+=("$STRACE_PID")
 sleep "$((DURATION - 2))"

@@ -15,7 +15,6 @@ pub mod config;
 pub mod connect;
 pub mod ece;
 pub mod flight;
-#[cfg(feature = "alloc-stats")]
 pub mod heap;
 pub mod inherit;
 pub mod key;

@@ -628,8 +628,10 @@ async fn send_file(
     // partial sendfile, which the kernel corks) waits in the socket for
     // the next send. Before waiting for room, it is pushed out; otherwise
     // it would sit there until TCP's 200 ms cork timer.
+    // Only then: pushing before a send that succeeds would put the head in
+    // a segment (a packet, an ACK) of its own.
     let mut corked = false;
-    let ready = |corked: &mut bool| {
+    let wait = |corked: &mut bool| {
         if std::mem::take(corked) {
             push(sock);
         }
@@ -639,7 +641,6 @@ async fn send_file(
     // start of the body rather than on its own.
     let mut head = head;
     while !head.is_empty() {
-        ready(&mut corked).await?;
         match tcp.try_io(Interest::WRITABLE, || {
             // SAFETY: a plain send of a live buffer on a socket we own.
             let n = unsafe {
@@ -660,14 +661,13 @@ async fn send_file(
                 head = &head[n..];
                 corked = true;
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait(&mut corked).await?,
             Err(e) => return Err(e),
         }
     }
     let mut offset = start as libc::off_t;
     let end = offset + piece.len() as libc::off_t;
     while offset < end {
-        ready(&mut corked).await?;
         match tcp.try_io(Interest::WRITABLE, || {
             // SAFETY: `file` is the spool's descriptor, kept open by
             // `piece`; the range lies within the file.
@@ -681,7 +681,7 @@ async fn send_file(
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             // A short send leaves its last segment corked.
             Ok(_) => corked = offset < end,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait(&mut corked).await?,
             Err(e) => return Err(e),
         }
     }
