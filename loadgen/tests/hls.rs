@@ -187,7 +187,7 @@ async fn hls_players_through_two_relays_cost_one_origin_request_per_part_and_ver
     // connection pair per player without them (hls.js 1.7's own behaviour).
     let h2 = run_checked(move || loadgen_hls(oa, aa, ba, &["--h2"]), true).await;
     assert_eq!(h2["protocol"], "h2c (shared)");
-    let h1 = run_checked(
+    run_checked(
         move || loadgen_hls(oa, aa, ba, &["--no-preload-hint", "--check"]),
         false,
     )
