@@ -9,8 +9,10 @@
 //! the fan-out walked cold memory: malloc itself (`malloc_consolidate`,
 //! `unlink_chunk`) was 16% of the relay's CPU and waking 1,000 parked
 //! viewers another 13%. mimalloc's per-thread, size-segregated pages keep
-//! them together: the same fan-out took about 35% less CPU
-//! (docs/benchmarks.md §6).
+//! them together. With this and two smaller changes of the same session,
+//! the relay took 7–15% less CPU per GB than the build before, both
+//! measured at once on one core (docs/benchmarks.md §8,
+//! `benches/relay_ab.sh`).
 //!
 //! With `alloc-stats`, the allocator counts the bytes currently allocated
 //! (requested bytes, as jemalloc's `stats.allocated`), so allocated bytes
