@@ -32,9 +32,9 @@ pub use stats::report;
 #[cfg(feature = "alloc-stats")]
 mod stats {
     use std::alloc::{GlobalAlloc, Layout};
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::Inner;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// The allocator, counting.
     pub struct Counting;
