@@ -434,6 +434,70 @@ async fn idle_connections_give_their_place_to_new_viewers() {
     assert!(r.relay.metrics.connections.get() <= 3);
 }
 
+/// A burst of new viewers at the cap, all at once: each displaces one idle
+/// connection and gets its place. A place freed for one newcomer must not
+/// go to the next newcomer instead (who then finds the cap full and no
+/// idle connection left to displace, and is refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_at_the_cap_displaces_one_idle_connection_each() {
+    const CAP: usize = 8;
+    let origin = manual_origin().await;
+    let mut cfg = relay_config(&origin.url());
+    cfg.max_connections = CAP;
+    cfg.idle_timeout = Duration::from_secs(60);
+    let r = relay(cfg).await;
+    for round in 0..5 {
+        let mut silent = Vec::new();
+        for _ in 0..CAP {
+            silent.push(TcpStream::connect(r.addr).await.unwrap());
+        }
+        until(LONG, "silent connections accepted", || {
+            r.relay.metrics.connections.get() == CAP as i64
+        })
+        .await;
+        // Each newcomer keeps its connection, so no place frees up but by
+        // displacing a silent one.
+        let burst: Vec<_> = (0..CAP)
+            .map(|_| tokio::spawn(get_and_hold(r.addr, origin.addr)))
+            .collect();
+        let mut held = Vec::new();
+        for (i, b) in burst.into_iter().enumerate() {
+            let (status, tcp) = b.await.unwrap();
+            assert_eq!(status, "200", "round {round}: viewer {i} refused");
+            held.push(tcp);
+        }
+        drop(held);
+        drop(silent);
+        until(LONG, "connections closed", || {
+            r.relay.metrics.connections.get() == 0
+        })
+        .await;
+    }
+    assert_eq!(
+        r.relay.metrics.connections_closed_of("reclaimed"),
+        (5 * CAP) as u64
+    );
+}
+
+/// Sends a path-form GET for `/vod/1` on a new connection and reads the
+/// response head; returns its status code and the connection, still open.
+async fn get_and_hold(relay: SocketAddr, origin: SocketAddr) -> (String, TcpStream) {
+    let mut tcp = TcpStream::connect(relay).await.unwrap();
+    let req = format!("GET /mlcache/{origin}/vod/1 HTTP/1.1\r\nhost: relay\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match tcp.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let status = head.split(' ').nth(1).unwrap_or("none").to_owned();
+    (status, tcp)
+}
+
 async fn healthz(admin: SocketAddr) -> Option<StatusCode> {
     let req = Request::get("/healthz")
         .header("host", "admin")

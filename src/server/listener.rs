@@ -9,11 +9,13 @@
 //! hyper builder. On `shutdown` the loop drains: see the [module
 //! docs](super).
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -295,21 +297,39 @@ pub async fn serve_with_tls(
                 }
             },
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            if shared.reclaim_idle() {
-                relay.metrics.connection_closed("reclaimed");
-                let (shared, permits, refusing) =
-                    (shared.clone(), permits.clone(), refusing.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(RECLAIM_WAIT, permits.acquire_owned()).await {
-                        Ok(Ok(permit)) => connection(shared, tcp, peer, permit, secure).await,
-                        _ => refuse(&shared.relay, tcp, peer, &refusing, secure.is_some()),
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // Queue for a place *before* asking an idle connection to
+                // give up its own: the semaphore hands a released permit to
+                // its queued waiters first, so the place freed for this
+                // newcomer cannot go to the next one's `try_acquire` (who
+                // would then find the cap full with one idle connection
+                // fewer, and this one would be refused after the wait).
+                let mut place = Box::pin(permits.clone().acquire_owned());
+                match poll_once(place.as_mut()).await {
+                    Some(Ok(permit)) => permit,
+                    Some(Err(_)) => continue, // never closed
+                    None if shared.reclaim_idle() => {
+                        relay.metrics.connection_closed("reclaimed");
+                        let (shared, refusing) = (shared.clone(), refusing.clone());
+                        tokio::spawn(async move {
+                            match tokio::time::timeout(RECLAIM_WAIT, place).await {
+                                Ok(Ok(permit)) => {
+                                    connection(shared, tcp, peer, permit, secure).await
+                                }
+                                _ => refuse(&shared.relay, tcp, peer, &refusing, secure.is_some()),
+                            }
+                        });
+                        continue;
                     }
-                });
-            } else {
-                refuse(&relay, tcp, peer, &refusing, secure.is_some());
+                    None => {
+                        drop(place);
+                        refuse(&relay, tcp, peer, &refusing, secure.is_some());
+                        continue;
+                    }
+                }
             }
-            continue;
         };
         tokio::spawn(connection(shared.clone(), tcp, peer, permit, secure));
     }
@@ -339,6 +359,17 @@ pub async fn serve_with_tls(
         // They drop at once on `stop`; the bound only guards against a bug.
         let _ = tokio::time::timeout(Duration::from_secs(1), permits.acquire_many(all)).await;
     }
+}
+
+/// Polls `f` once: its output if it is ready, `None` if it is not (it is
+/// then registered, e.g. queued on a semaphore, and may be polled on later,
+/// from another task).
+async fn poll_once<F: Future + Unpin>(mut f: F) -> Option<F::Output> {
+    std::future::poll_fn(|cx| match Pin::new(&mut f).poll(cx) {
+        Poll::Ready(v) => Poll::Ready(Some(v)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
 }
 
 /// Answers a connection over `max-connections` with a bare 503 and closes
