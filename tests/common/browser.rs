@@ -89,12 +89,22 @@ pub struct Play<'a> {
 /// take it back); the direct and relayed players share the same priority,
 /// so their comparison stays fair.
 fn node() -> Command {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    const DROP_NICE: [&str; 2] = ["setpriv", "--bounding-set=-sys_nice"];
+    // Only where it works (root, with CAP_SETPCAP): elsewhere Chromium
+    // cannot renice itself below 10 anyway.
+    static CAN_DROP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let can_drop = *CAN_DROP.get_or_init(|| {
+        Command::new(DROP_NICE[0])
+            .args(&DROP_NICE[1..])
+            .arg("true")
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
     let mut cmd = Command::new("nice");
     cmd.args(["-n", "10"]);
-    if root {
-        cmd.args(["setpriv", "--bounding-set=-sys_nice"]);
+    if can_drop {
+        cmd.args(DROP_NICE);
     }
     cmd.arg("node");
     cmd
