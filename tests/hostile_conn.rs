@@ -479,12 +479,87 @@ async fn a_burst_at_the_cap_displaces_one_idle_connection_each() {
     );
 }
 
+/// A burst of more new viewers than there are idle connections at the cap:
+/// a newcomer whose request is in but not yet read is not idle, so a later
+/// newcomer may not displace it. The relay process is stopped (`SIGSTOP`)
+/// while the burst connects and sends its requests, so that all of them
+/// are waiting at once when it resumes. Every viewer must get an answer (a
+/// 200, or a 503 once no idle place is left); none may see its connection
+/// closed without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_larger_than_the_idle_places_gets_answers_not_closes() {
+    const CAP: usize = 8;
+    const BURST: usize = 64;
+    let origin = manual_origin().await;
+    let allow = origin.url();
+    let cap = CAP.to_string();
+    let relay = TestProcess::relay(&[
+        "--allow-origin",
+        &allow,
+        "--max-connections",
+        &cap,
+        "--idle-timeout",
+        "60s",
+    ]);
+    let (mut ok, mut refused) = (0, 0);
+    for round in 0..3 {
+        let mut silent = Vec::new();
+        for _ in 0..CAP {
+            silent.push(TcpStream::connect(relay.addr).await.unwrap());
+        }
+        for _ in 0..200 {
+            if metric(relay.admin(), "mlcache_connections").await == CAP as f64 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            metric(relay.admin(), "mlcache_connections").await,
+            CAP as f64
+        );
+        relay.signal("-STOP");
+        let mut burst = Vec::new();
+        for _ in 0..BURST {
+            burst.push(send_get(relay.addr, origin.addr).await);
+        }
+        relay.signal("-CONT");
+        for (i, tcp) in burst.iter_mut().enumerate() {
+            match read_status(tcp).await.as_str() {
+                "200" => ok += 1,
+                "503" => refused += 1,
+                other => panic!("round {round}: viewer {i} got no answer ({other})"),
+            }
+        }
+        drop((burst, silent));
+        for _ in 0..200 {
+            if metric(relay.admin(), "mlcache_connections").await == 0.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    eprintln!("{ok} answered 200, {refused} refused");
+    assert!(ok >= 3 * CAP, "{ok} answered 200");
+}
+
 /// Sends a path-form GET for `/vod/1` on a new connection and reads the
 /// response head; returns its status code and the connection, still open.
 async fn get_and_hold(relay: SocketAddr, origin: SocketAddr) -> (String, TcpStream) {
+    let mut tcp = send_get(relay, origin).await;
+    (read_status(&mut tcp).await, tcp)
+}
+
+/// A new connection with a path-form GET for `/vod/1` sent on it.
+async fn send_get(relay: SocketAddr, origin: SocketAddr) -> TcpStream {
     let mut tcp = TcpStream::connect(relay).await.unwrap();
     let req = format!("GET /mlcache/{origin}/vod/1 HTTP/1.1\r\nhost: relay\r\n\r\n");
     tcp.write_all(req.as_bytes()).await.unwrap();
+    tcp
+}
+
+/// Reads a response head; its status code, or `none` if the connection
+/// ended before one.
+async fn read_status(tcp: &mut TcpStream) -> String {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -494,8 +569,7 @@ async fn get_and_hold(relay: SocketAddr, origin: SocketAddr) -> (String, TcpStre
         }
     }
     let head = String::from_utf8_lossy(&head).into_owned();
-    let status = head.split(' ').nth(1).unwrap_or("none").to_owned();
-    (status, tcp)
+    head.split(' ').nth(1).unwrap_or("none").to_owned()
 }
 
 async fn healthz(admin: SocketAddr) -> Option<StatusCode> {
