@@ -156,7 +156,15 @@ impl Client {
             // the server has closed meanwhile fails before any response, and is
             // replaced by a fresh one without blaming the source.
             let (mut send, reused) = self.connection(addr).await?;
-            let resp = match send.send_request(req.clone()).await {
+            // hyper's HTTP/1.1 sender refuses a request ("connection was not
+            // ready") until its connection task has finished the last one,
+            // which may lag the end of that response's body by a poll; a
+            // refusal would cost a needless new connection.
+            let sent = match send.ready().await {
+                Ok(()) => send.send_request(req.clone()).await,
+                Err(e) => Err(e),
+            };
+            let resp = match sent {
                 Ok(r) => r,
                 Err(_) if reused => {
                     send = self.connection(addr).await?.0;
