@@ -77,7 +77,18 @@ async fn tree() -> Tree {
     while let Some(got) = first.join_next().await {
         assert_eq!(got.unwrap().unwrap().status, StatusCode::OK);
     }
-    // Two late viewers hit B's cache.
+    // Two late viewers hit B's cache. A viewer has its whole chunk (its
+    // Content-Length) a moment before B's fill sees the upstream body end
+    // and moves the chunk from its slot into the cache; a viewer in between
+    // would be served from the slot (COALESCED).
+    until(LONG, "chunk 0 in B's cache", || {
+        let mut cached = false;
+        b.relay
+            .cache()
+            .visit_recent(16, |k, _| cached |= k.path == "/live/0/0");
+        cached
+    })
+    .await;
     for _ in 0..2 {
         let got = h2(b.addr, proxy_get(o, "/live/0/0")).await.unwrap();
         assert_eq!(got.x_cache(), "HIT");
