@@ -315,8 +315,12 @@ async fn one_byte_frames_are_merged_and_served_exactly() {
         })
         .expect("cached");
     assert_eq!(entry.body.len(), LEN as u64);
+    // How many bytes each batch gathers depends on how fast the origin
+    // writes against the coalescing window; what is guaranteed is that a
+    // kept body averages at least 4 KiB a piece (below that it is re-cut
+    // into 64 KiB pieces), against 262,144 one-byte frames.
     assert!(
-        entry.body.pieces() <= LEN / (16 * 1024) + 1,
+        entry.body.pieces() <= LEN / (4 * 1024),
         "{} pieces",
         entry.body.pieces()
     );
