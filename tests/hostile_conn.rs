@@ -507,16 +507,7 @@ async fn a_burst_larger_than_the_idle_places_gets_answers_not_closes() {
         for _ in 0..CAP {
             silent.push(TcpStream::connect(relay.addr).await.unwrap());
         }
-        for _ in 0..200 {
-            if metric(relay.admin(), "mlcache_connections").await == CAP as f64 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(
-            metric(relay.admin(), "mlcache_connections").await,
-            CAP as f64
-        );
+        until_metric(relay.admin(), "mlcache_connections", CAP as f64, LONG).await;
         relay.signal("-STOP");
         let mut burst = Vec::new();
         for _ in 0..BURST {
@@ -531,12 +522,7 @@ async fn a_burst_larger_than_the_idle_places_gets_answers_not_closes() {
             }
         }
         drop((burst, silent));
-        for _ in 0..200 {
-            if metric(relay.admin(), "mlcache_connections").await == 0.0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        until_metric(relay.admin(), "mlcache_connections", 0.0, LONG).await;
     }
     eprintln!("{ok} answered 200, {refused} refused");
     assert!(ok >= 3 * CAP, "{ok} answered 200");

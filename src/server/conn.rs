@@ -65,7 +65,6 @@ pub(super) async fn connection(
     tls: Option<TlsAcceptor>,
 ) {
     let relay = &shared.relay;
-    let _counted = Counted::new(&relay.metrics);
     let _ = tcp.set_nodelay(true);
     let local = tcp.local_addr().unwrap_or(relay.config.listen);
     let io = StallGuard::new(tcp, relay.config.send_timeout);
@@ -73,8 +72,11 @@ pub(super) async fn connection(
     // stalls its handshake is idle like any other and can be displaced at
     // the cap (else a flood of them would lock out every TLS viewer).
     let watch = Arc::new(ConnWatch::new());
-    let id = shared.join(&watch);
     let raw = io.get_ref().as_raw_fd();
+    let id = shared.join(&watch, raw);
+    // Counted once a member: every connection the gauge shows is one the
+    // reclaim can see (and dropped after `leave`, at the end).
+    let _counted = Counted::new(&relay.metrics);
     match tls {
         None => serve_io(&shared, io, raw, peer, local, watch).await,
         // Boxed: the handshake and a TLS stream are large, and inline they

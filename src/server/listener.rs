@@ -12,6 +12,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -29,7 +30,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::conn::connection;
-use super::watch::{ConnWatch, SIGNAL_CLOSE, SIGNAL_DRAIN, SIGNAL_STOP};
+use super::watch::{now_ms, ConnWatch, SIGNAL_CLOSE, SIGNAL_DRAIN, SIGNAL_STOP};
 use crate::relay::Relay;
 
 /// The relay's HTTP/2 receive windows, per stream and per connection. The
@@ -49,6 +50,9 @@ const REFUSE_MAX: usize = 256;
 /// How long a connection over the cap waits for the place of an idle
 /// connection it displaced.
 const RECLAIM_WAIT: Duration = Duration::from_millis(250);
+/// How long a connection with unread bytes is spared by the reclaim after
+/// it opened or last finished a request (see `Shared::reclaim_idle`).
+const UNREAD_GRACE_MS: u64 = 1_000;
 /// How long an accept loop sleeps after a resource error (EMFILE, ENFILE,
 /// ENOBUFS, ENOMEM), when retrying at once would only spin.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -144,12 +148,27 @@ struct Members {
 /// it is also sent the reclaim, the drain and the stop.
 pub(super) struct Member {
     pub(super) watch: Arc<ConnWatch>,
+    /// Its socket, to see whether a request is waiting to be read.
+    fd: RawFd,
+}
+
+/// Whether `fd` has bytes waiting to be read. (In the moment between a
+/// connection's close and its leaving the members the number may name
+/// another socket; the answer then only orders the choice of a connection
+/// to displace.)
+fn has_input(fd: RawFd) -> bool {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through a valid pointer; on an fd
+    // that is not a socket it fails and writes nothing.
+    let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    r == 0 && n > 0
 }
 
 impl Shared {
-    pub(super) fn join(&self, watch: &Arc<ConnWatch>) -> u64 {
+    pub(super) fn join(&self, watch: &Arc<ConnWatch>, fd: RawFd) -> u64 {
         let member = Arc::new(Member {
             watch: watch.clone(),
+            fd,
         });
         let mut m = self.members.lock();
         m.next += 1;
@@ -178,7 +197,8 @@ impl Shared {
     }
 
     /// Asks the connection that has been idle longest (no unfinished
-    /// request; never one with a parked viewer) to close, as nginx reuses
+    /// request; never one with a parked viewer, nor one that has just
+    /// opened or finished a request and has bytes waiting) to close, as nginx reuses
     /// idle keep-alive connections when it runs out of connections. Returns
     /// whether one was asked. A scan is linear in the open connections, and
     /// happens only when a connection arrives over the cap.
@@ -186,11 +206,20 @@ impl Shared {
         let victim = {
             let m = self.members.lock();
             // Idle since the same millisecond: the older connection (lower
-            // id) goes first.
+            // id) goes first. In a burst, a newcomer admitted a moment ago
+            // may have its request in but not yet read; displacing it would
+            // close it without an answer. It is spared for
+            // `UNREAD_GRACE_MS` only: bytes the relay leaves unread on
+            // purpose (a partial h2 preface it peeks at) must not make a
+            // flood of such sockets undisplaceable.
+            let now = now_ms();
             m.all
                 .iter()
                 .filter(|(_, c)| {
-                    c.watch.signals() == 0 && c.watch.open.load(Ordering::Acquire) == 0
+                    let since = c.watch.idle_since.load(Ordering::Acquire);
+                    c.watch.signals() == 0
+                        && c.watch.open.load(Ordering::Acquire) == 0
+                        && !(now.saturating_sub(since) < UNREAD_GRACE_MS && has_input(c.fd))
                 })
                 .min_by_key(|(id, c)| (c.watch.idle_since.load(Ordering::Acquire), **id))
                 .map(|(_, c)| c.clone())

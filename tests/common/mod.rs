@@ -336,6 +336,23 @@ pub fn read_addrs(
     Ok((addr.unwrap(), admin))
 }
 
+/// Waits until a sample on a relay's admin listener reads `value` (or
+/// panics after `limit`): [`until`] for another process's metrics.
+pub async fn until_metric(admin: SocketAddr, sample: &str, value: f64, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let now = metric(admin, sample).await;
+        if now == value {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {sample} = {value} (it is {now})"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Reads one Prometheus sample (`name{labels}` exactly as rendered).
 pub async fn metric(admin: SocketAddr, sample: &str) -> f64 {
     let req = Request::get("/metrics")
